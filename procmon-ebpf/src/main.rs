@@ -1,0 +1,71 @@
+//! procmon's kernel programs: one BTF-enabled tracepoint per process lifecycle hook, writing
+//! fixed-size records (procmon-common) into one BPF ring buffer.
+//!
+//! tp_btf programs get typed `task_struct` pointers, so nothing depends on the tracepoint
+//! record layouts (which move between kernels: `sched_process_fork`'s comm fields became
+//! `__data_loc` in 6.x). Struct member offsets come from the running kernel's BTF via the
+//! `OFFSETS` load-time global.
+#![no_std]
+#![no_main]
+
+mod probes;
+mod task;
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use procmon_common::{stat, KernelOffsets, ProbeConfig};
+
+/// Default size; the agent overrides it at load time (`--ringbuf-bytes`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Per-CPU counters, indexed by `procmon_common::stat`.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Filled in by the agent from /sys/kernel/btf/vmlinux before load.
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
+
+#[unsafe(no_mangle)]
+static CONFIG: ProbeConfig = ProbeConfig { wakeup_bytes: 64 * 1024 };
+
+/// Load-time globals live in a frozen .rodata map: the volatile read keeps the compiler from
+/// folding in the zeroes compiled above, and the verifier then sees the real constants.
+#[inline(always)]
+fn offsets() -> KernelOffsets {
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Submit flags: wake the reader only once enough is pending (it also drains on a timer), so
+/// a fork storm does not cost one wakeup per event.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let wakeup_bytes = unsafe { core::ptr::read_volatile(&CONFIG) }.wakeup_bytes;
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program whose panic path is reachable; this never runs.
+    loop {}
+}

@@ -1,0 +1,38 @@
+//! `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
+
+use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use procmon_common::{kind, stat, ForkRecord, RecordHeader};
+
+use crate::{
+    count, offsets,
+    task::{parent_identity, Kptr},
+    wakeup_flags, EVENTS,
+};
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    let o = offsets();
+    let child = Kptr(ctx.arg(1));
+    let pid: u32 = child.read(o.task_pid);
+    let tgid: u32 = child.read(o.task_tgid);
+    if pid != tgid {
+        // A new thread, not a new process: the tree tracks thread groups.
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
+        count(stat::RINGBUF_FULL_FORK);
+        return 0;
+    };
+    let (ppid, parent_start_ns) = parent_identity(child, &o);
+    entry.write(ForkRecord {
+        header: RecordHeader::new(kind::FORK, core::mem::size_of::<ForkRecord>()),
+        time_ns: unsafe { bpf_ktime_get_boot_ns() },
+        start_ns: child.read(o.task_start_boottime),
+        parent_start_ns,
+        pid: tgid,
+        ppid,
+        comm: child.comm(&o),
+    });
+    entry.submit(wakeup_flags());
+    0
+}

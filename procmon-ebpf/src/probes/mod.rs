@@ -1,0 +1,4 @@
+//! One module per hook.
+pub mod exec;
+pub mod exit;
+pub mod fork;

@@ -1,0 +1,48 @@
+//! Reads of kernel structs at BTF-resolved offsets.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use procmon_common::{stat, KernelOffsets, COMM_LEN};
+
+use crate::count;
+
+/// A kernel pointer (`task_struct *`, `signal_struct *`, ...).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Kptr(pub *const u8);
+
+impl Kptr {
+    /// Reads a `T` at `offset`; a failed read is counted and yields zero, so one bad field
+    /// never costs the whole record.
+    #[inline(always)]
+    pub fn read<T: Copy + Default>(self, offset: u32) -> T {
+        match unsafe { bpf_probe_read_kernel(self.0.wrapping_add(offset as usize) as *const T) } {
+            Ok(v) => v,
+            Err(_) => {
+                count(stat::READ_ERROR);
+                T::default()
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub fn ptr(self, offset: u32) -> Kptr {
+        Kptr(self.read::<u64>(offset) as *const u8)
+    }
+
+    #[inline(always)]
+    pub fn comm(self, o: &KernelOffsets) -> [u8; COMM_LEN] {
+        self.read(o.task_comm)
+    }
+}
+
+/// The thread group's identity: (tgid, leader's start_boottime).
+#[inline(always)]
+pub fn process_identity(task: Kptr, o: &KernelOffsets) -> (u32, u64) {
+    let leader = task.ptr(o.task_group_leader);
+    (task.read(o.task_tgid), leader.read(o.task_start_boottime))
+}
+
+/// The real parent's process identity (what getppid() reports, CLONE_PARENT included).
+#[inline(always)]
+pub fn parent_identity(task: Kptr, o: &KernelOffsets) -> (u32, u64) {
+    process_identity(task.ptr(o.task_real_parent), o)
+}
