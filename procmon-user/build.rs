@@ -24,7 +24,12 @@ fn main() {
 
     let mut cmd = Command::new("rustup");
     cmd.args(["run", "nightly", "cargo", "build", "--release"])
-        .args(["--package", "procmon-ebpf", "--target", "bpfel-unknown-none"])
+        .args([
+            "--package",
+            "procmon-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+        ])
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)
         .current_dir(&ebpf_dir);
@@ -33,7 +38,11 @@ fn main() {
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
         let cargo_setting = key.starts_with("CARGO") && key != "CARGO_HOME";
-        if cargo_setting || key.starts_with("RUSTC") || key == "RUSTUP_TOOLCHAIN" || key == "RUSTFLAGS" {
+        if cargo_setting
+            || key.starts_with("RUSTC")
+            || key == "RUSTUP_TOOLCHAIN"
+            || key == "RUSTFLAGS"
+        {
             cmd.env_remove(key.as_ref());
         }
     }

@@ -48,8 +48,11 @@ pub mod stat {
     pub const READ_ERROR: u32 = 3;
     /// Thread (not process) exits seen; they are counted, not sent.
     pub const THREAD_EXITS: u32 = 4;
+    /// The pending-exit map was full: the exit was sent at once, its CPU time read before
+    /// the process finished tearing down (slightly low).
+    pub const EXIT_NOT_DEFERRED: u32 = 5;
     /// Number of entries in the map.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 #[repr(C)]
@@ -86,7 +89,16 @@ pub struct ForkRecord {
     pub pid: u32,
     /// Real parent's tgid (what `getppid()` returns in the child).
     pub ppid: u32,
+    /// [`fork_flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
     pub comm: [u8; COMM_LEN],
+}
+
+/// `ForkRecord::flags` bits.
+pub mod fork_flags {
+    /// The parent has PR_SET_CHILD_SUBREAPER set: orphans below it are reparented to it.
+    pub const PARENT_IS_SUBREAPER: u32 = 1 << 0;
 }
 
 /// A process replaced its image.
@@ -109,8 +121,12 @@ pub struct ExecRecord {
     pub filename: [u8; FILENAME_LEN],
 }
 
-/// A process exited (its last thread did). Times are the whole thread group's, read from
-/// `signal_struct` plus the exiting thread's own counters.
+/// A process exited (its last thread did).
+///
+/// The record is captured at `sched_process_exit` and sent at the dying thread's final
+/// context switch, so its CPU times include the exit path itself (unmapping memory, closing
+/// files), which on Linux 6.16+ runs after the tracepoint. Times are the whole thread
+/// group's: `signal_struct` totals plus the exiting thread's (and a zombie leader's) own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitRecord {
@@ -123,8 +139,15 @@ pub struct ExitRecord {
     pub stime_ns: u64,
     /// Scheduler runtime of all threads (`sum_exec_runtime`), exact ns.
     pub runtime_ns: u64,
-    /// `signal_struct.maxrss`: the high-water RSS in KiB (what getrusage's ru_maxrss reports).
+    /// `signal_struct.maxrss`: the high-water RSS in KiB of images replaced by exec (and, on
+    /// older kernels, of this one).
     pub maxrss_kb: u64,
+    /// The address space at exit, in pages (0 when it was already released): its high-water
+    /// mark and current file / anon / shmem resident pages.
+    pub hiwater_pages: u64,
+    pub rss_file_pages: u64,
+    pub rss_anon_pages: u64,
+    pub rss_shmem_pages: u64,
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
@@ -137,9 +160,9 @@ pub struct ExitRecord {
 }
 
 const _: () = assert!(size_of::<RecordHeader>() == 8);
-const _: () = assert!(size_of::<ForkRecord>() == 56);
+const _: () = assert!(size_of::<ForkRecord>() == 64);
 const _: () = assert!(size_of::<ExecRecord>() == 320);
-const _: () = assert!(size_of::<ExitRecord>() == 104);
+const _: () = assert!(size_of::<ExitRecord>() == 136);
 
 /// Kernel struct member offsets, resolved from the running kernel's BTF at startup and handed
 /// to the probes as a load-time global (`OFFSETS`). Rust eBPF emits no CO-RE relocations, so
@@ -159,18 +182,28 @@ pub struct KernelOffsets {
     pub task_stime: u32,
     /// `task_struct.se.sum_exec_runtime`.
     pub task_sum_exec_runtime: u32,
+    /// `task_struct.__state` (`state` before Linux 5.14).
+    pub task_state: u32,
+    pub task_mm: u32,
+    pub mm_hiwater_rss: u32,
+    /// Offset of the value of `mm_struct.rss_stat[0]` and the distance between entries
+    /// (`struct percpu_counter` since Linux 6.2, `atomic_long_t` before).
+    pub mm_rss_stat: u32,
+    pub mm_rss_stride: u32,
     pub signal_utime: u32,
     pub signal_stime: u32,
     pub signal_sum_sched_runtime: u32,
     pub signal_maxrss: u32,
     pub signal_live: u32,
+    /// Bit offset of the `signal_struct.is_child_subreaper` bitfield.
+    pub signal_subreaper_bit: u32,
     pub binprm_filename: u32,
     /// 1 when `sched_process_exit` passes `group_dead` as its second argument (Linux ≥ 6.16),
     /// 0 when the probe must derive it from `signal_struct.live`.
     pub exit_has_group_dead: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 18 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 24 * 4);
 
 /// Load-time tunables of the probes (global `CONFIG`).
 #[repr(C)]

@@ -14,9 +14,9 @@ mod task;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
-use procmon_common::{stat, KernelOffsets, ProbeConfig};
+use procmon_common::{stat, ExitRecord, KernelOffsets, ProbeConfig};
 
 /// Default size; the agent overrides it at load time (`--ringbuf-bytes`).
 #[map]
@@ -26,12 +26,19 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
+/// Exit records waiting for their thread's final context switch, by tid. Entries live for
+/// microseconds; the bound only matters if a mass exit outruns the scheduler.
+#[map]
+static PENDING_EXITS: HashMap<u32, ExitRecord> = HashMap::with_max_entries(16384, 0);
+
 /// Filled in by the agent from /sys/kernel/btf/vmlinux before load.
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 
 #[unsafe(no_mangle)]
-static CONFIG: ProbeConfig = ProbeConfig { wakeup_bytes: 64 * 1024 };
+static CONFIG: ProbeConfig = ProbeConfig {
+    wakeup_bytes: 64 * 1024,
+};
 
 /// Load-time globals live in a frozen .rodata map: the volatile read keeps the compiler from
 /// folding in the zeroes compiled above, and the verifier then sees the real constants.

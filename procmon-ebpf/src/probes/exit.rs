@@ -1,15 +1,23 @@
 //! `sched_process_exit(struct task_struct *p[, bool group_dead])`, fired once per exiting
-//! thread. Only the last thread of a group produces a record: that is the process's death,
-//! and its CPU and memory totals are final enough to read here.
+//! thread. Only the last thread of a group makes a record: that is the process's death. The
+//! record waits in `PENDING_EXITS` until the thread's final context switch (probes/switch.rs)
+//! fills in the final CPU times and sends it.
 
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use procmon_common::{exit_flags, kind, stat, ExitRecord, RecordHeader};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+use procmon_common::{exit_flags, kind, stat, ExitRecord, KernelOffsets, RecordHeader};
 
 use crate::{
     count, offsets,
     task::{parent_identity, Kptr},
-    wakeup_flags, EVENTS,
+    wakeup_flags, EVENTS, PENDING_EXITS,
 };
+
+/// `enum mm_counter_type` indexes; the order has been stable since Linux 4.5.
+const MM_FILEPAGES: u32 = 0;
+const MM_ANONPAGES: u32 = 1;
+const MM_SHMEMPAGES: u32 = 3;
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
@@ -27,45 +35,77 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         count(stat::THREAD_EXITS);
         return 0;
     }
-    let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
-        count(stat::RINGBUF_FULL_EXIT);
-        return 0;
-    };
     let leader = task.ptr(o.task_group_leader);
     let tid: u32 = task.read(o.task_pid);
-    let pid: u32 = task.read(o.task_tgid);
-    // signal_struct accumulates threads already released; the exiting thread's own counters
-    // are added here, and so are a zombie leader's (it is folded in only when reaped).
-    let mut utime: u64 = signal.read::<u64>(o.signal_utime) + task.read::<u64>(o.task_utime);
-    let mut stime: u64 = signal.read::<u64>(o.signal_stime) + task.read::<u64>(o.task_stime);
-    let mut runtime: u64 = signal.read::<u64>(o.signal_sum_sched_runtime)
-        + task.read::<u64>(o.task_sum_exec_runtime);
-    let mut flags = exit_flags::GROUP_DEAD;
-    if leader == task {
-        flags |= exit_flags::LEADER;
-    } else {
-        utime += leader.read::<u64>(o.task_utime);
-        stime += leader.read::<u64>(o.task_stime);
-        runtime += leader.read::<u64>(o.task_sum_exec_runtime);
-    }
     let (ppid, parent_start_ns) = parent_identity(leader, &o);
-    entry.write(ExitRecord {
+    let mm = task.ptr(o.task_mm);
+    let rss = |index: u32| -> u64 {
+        if mm.0.is_null() {
+            return 0;
+        }
+        // The percpu_counter's global count: per-CPU deltas not yet folded in (a few
+        // hundred KiB at most) are missed.
+        mm.read::<i64>(o.mm_rss_stat + index * o.mm_rss_stride)
+            .max(0) as u64
+    };
+    let mut record = ExitRecord {
         header: RecordHeader::new(kind::EXIT, core::mem::size_of::<ExitRecord>()),
         time_ns: unsafe { bpf_ktime_get_boot_ns() },
         start_ns: leader.read(o.task_start_boottime),
         parent_start_ns,
-        utime_ns: utime,
-        stime_ns: stime,
-        runtime_ns: runtime,
+        utime_ns: 0,
+        stime_ns: 0,
+        runtime_ns: 0,
         maxrss_kb: signal.read(o.signal_maxrss),
-        pid,
+        hiwater_pages: if mm.0.is_null() {
+            0
+        } else {
+            mm.read(o.mm_hiwater_rss)
+        },
+        rss_file_pages: rss(MM_FILEPAGES),
+        rss_anon_pages: rss(MM_ANONPAGES),
+        rss_shmem_pages: rss(MM_SHMEMPAGES),
+        pid: task.read(o.task_tgid),
         tid,
         ppid,
         exit_status: task.read(o.task_exit_code),
-        flags,
+        flags: exit_flags::GROUP_DEAD
+            | if leader == task {
+                exit_flags::LEADER
+            } else {
+                0
+            },
         _pad: 0,
         comm: task.comm(&o),
-    });
-    entry.submit(wakeup_flags());
+    };
+    if PENDING_EXITS.insert(&tid, &record, 0).is_err() {
+        count(stat::EXIT_NOT_DEFERRED);
+        add_cpu_times(&mut record, task, &o);
+        send(&record);
+    }
     0
+}
+
+/// Thread-group CPU totals: `signal_struct` holds released threads; the exiting thread's own
+/// counters are added, and a zombie leader's (folded in only when it is reaped).
+#[inline(always)]
+pub fn add_cpu_times(r: &mut ExitRecord, task: Kptr, o: &KernelOffsets) {
+    let signal = task.ptr(o.task_signal);
+    r.utime_ns = signal.read::<u64>(o.signal_utime) + task.read::<u64>(o.task_utime);
+    r.stime_ns = signal.read::<u64>(o.signal_stime) + task.read::<u64>(o.task_stime);
+    r.runtime_ns =
+        signal.read::<u64>(o.signal_sum_sched_runtime) + task.read::<u64>(o.task_sum_exec_runtime);
+    let leader = task.ptr(o.task_group_leader);
+    if leader != task {
+        r.utime_ns += leader.read::<u64>(o.task_utime);
+        r.stime_ns += leader.read::<u64>(o.task_stime);
+        r.runtime_ns += leader.read::<u64>(o.task_sum_exec_runtime);
+    }
+}
+
+#[inline(always)]
+pub fn send(r: &ExitRecord) {
+    if EVENTS.output::<ExitRecord>(r, wakeup_flags()).is_err() {
+        count(stat::RINGBUF_FULL_EXIT);
+    }
 }

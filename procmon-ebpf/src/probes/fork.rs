@@ -1,7 +1,9 @@
 //! `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
 
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use procmon_common::{kind, stat, ForkRecord, RecordHeader};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+use procmon_common::{fork_flags, kind, stat, ForkRecord, RecordHeader};
 
 use crate::{
     count, offsets,
@@ -24,6 +26,14 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let (ppid, parent_start_ns) = parent_identity(child, &o);
+    let parent_signal = child.ptr(o.task_real_parent).ptr(o.task_signal);
+    let bit = o.signal_subreaper_bit;
+    let word: u32 = parent_signal.read((bit / 32) * 4);
+    let flags = if word & (1 << (bit % 32)) != 0 {
+        fork_flags::PARENT_IS_SUBREAPER
+    } else {
+        0
+    };
     entry.write(ForkRecord {
         header: RecordHeader::new(kind::FORK, core::mem::size_of::<ForkRecord>()),
         time_ns: unsafe { bpf_ktime_get_boot_ns() },
@@ -31,6 +41,8 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         parent_start_ns,
         pid: tgid,
         ppid,
+        flags,
+        _pad: 0,
         comm: child.comm(&o),
     });
     entry.submit(wakeup_flags());

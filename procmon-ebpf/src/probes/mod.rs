@@ -2,3 +2,4 @@
 pub mod exec;
 pub mod exit;
 pub mod fork;
+pub mod switch;

@@ -1,0 +1,155 @@
+//! Everything that touches the kernel: privilege checks, BTF offsets, loading and attaching
+//! the probes, and reading their maps.
+
+pub mod btf;
+pub mod reader;
+
+use std::path::Path;
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+    Ebpf, EbpfLoader,
+};
+use caps::{CapSet, Capability};
+use procmon_common::{stat, ProbeConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("procmon needs root, or the capabilities CAP_BPF and CAP_PERFMON (missing: {0}); run it with sudo or grant them (e.g. AmbientCapabilities= in a systemd unit)")]
+    Privileges(String),
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("cannot load the kernel BTF for attaching probes: {0}")]
+    AyaBtf(#[from] aya::BtfError),
+    #[error("the kernel rejected procmon's eBPF programs: {0} (BTF-enabled tracepoints need Linux 5.8+)")]
+    Load(#[from] aya::EbpfError),
+    #[error("cannot attach to tracepoint {tracepoint}: {source}")]
+    Attach {
+        tracepoint: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {0} is missing or has the wrong type: the embedded object is broken")]
+    Map(&'static str),
+}
+
+/// Checks privileges before anything is loaded, so the user gets one actionable line
+/// instead of an EPERM from deep inside the loader.
+pub fn check_privileges() -> Result<(), KernelError> {
+    let has = |c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
+    if has(Capability::CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [
+        (Capability::CAP_BPF, "CAP_BPF"),
+        (Capability::CAP_PERFMON, "CAP_PERFMON"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| !has(*c))
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(KernelError::Privileges(missing.join(", ")))
+    }
+}
+
+pub struct LoadConfig {
+    pub ringbuf_bytes: u32,
+}
+
+/// The attached probes and the maps the agent reads. Dropping it detaches everything.
+pub struct Probes {
+    /// Owns the attached programs: dropping it detaches them.
+    pub ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+/// sched_switch completes exit records at the dying thread's last context switch
+/// (procmon-ebpf/src/probes/switch.rs); it is attached first so no exit waits forever.
+const PROGRAMS: [&str; 4] = [
+    "sched_switch",
+    "sched_process_fork",
+    "sched_process_exec",
+    "sched_process_exit",
+];
+
+pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
+    raise_memlock_limit();
+    let offsets = btf::resolve_offsets(Path::new(btf::VMLINUX_BTF))?;
+    let kernel_btf = aya::Btf::from_sys_fs()?;
+    let probe_config = ProbeConfig {
+        // Wake the reader at 1/8 full: bounded wakeups, ample headroom before drops.
+        wakeup_bytes: u64::from(cfg.ringbuf_bytes / 8),
+    };
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&kernel_btf))
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("CONFIG", &probe_config, true)
+        .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+        .load(aya::include_bytes_aligned!(env!("PROCMON_EBPF_OBJECT")))?;
+    for tracepoint in PROGRAMS {
+        let attach = |ebpf: &mut Ebpf| -> Result<(), aya::programs::ProgramError> {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(tracepoint)
+                .expect("program compiled into the object")
+                .try_into()?;
+            program.load(tracepoint, &kernel_btf)?;
+            program.attach()?;
+            Ok(())
+        };
+        attach(&mut ebpf).map_err(|source| KernelError::Attach { tracepoint, source })?;
+    }
+    let events = ebpf
+        .take_map("EVENTS")
+        .and_then(|m| RingBuf::try_from(m).ok())
+        .ok_or(KernelError::Map("EVENTS"))?;
+    let stats = ebpf
+        .take_map("STATS")
+        .and_then(|m| PerCpuArray::try_from(m).ok())
+        .ok_or(KernelError::Map("STATS"))?;
+    Ok(Probes {
+        ebpf,
+        events,
+        stats,
+    })
+}
+
+/// Sums the probes' per-CPU counters.
+pub fn read_stats(stats: &PerCpuArray<MapData, u64>) -> [u64; stat::COUNT as usize] {
+    let mut out = [0u64; stat::COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        if let Ok(values) = stats.get(&(i as u32), 0) {
+            *slot = values.iter().sum();
+        }
+    }
+    out
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones use memcg accounting,
+/// so failing to raise it (no CAP_SYS_RESOURCE) only matters on old kernels.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 && kernel_older_than(5, 11)
+    {
+        eprintln!("procmon: warning: cannot raise RLIMIT_MEMLOCK ({}); loading may fail on this kernel, grant CAP_SYS_RESOURCE", std::io::Error::last_os_error());
+    }
+}
+
+fn kernel_older_than(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) < (major, minor),
+        _ => false,
+    }
+}

@@ -1,0 +1,70 @@
+//! The ring-buffer reader: drains in bounded batches when the kernel wakes it (the probes
+//! only wake it once enough is pending) and on a short timer, so neither fork storms nor
+//! quiet periods cost a wakeup per event.
+
+use std::{sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use prometheus::Histogram;
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::watch,
+};
+
+use crate::ingest::{Ingest, Shared};
+
+/// Upper bound on records per batch: the tree lock is held for a batch, and scrapes wait
+/// on it.
+const BATCH: usize = 4096;
+/// Latency bound for records submitted without a wakeup.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+
+pub async fn run(
+    ring: RingBuf<MapData>,
+    ingest: Ingest,
+    shared: Arc<Shared>,
+    lag: Histogram,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, while the AsyncFd
+    // owns the RingBuf.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.changed() => true,
+            ready = ring.readable_mut() => {
+                ready?.clear_ready();
+                false
+            }
+            _ = tick.tick() => false,
+        };
+        // Drain everything available (the last drain on stop included), yielding between
+        // full batches so timers and scrapes stay responsive.
+        while drain_batch(ring.get_mut(), &ingest, &shared, &lag) == BATCH {
+            tokio::task::yield_now().await;
+        }
+        if stopping {
+            return Ok(());
+        }
+    }
+}
+
+fn drain_batch(
+    ring: &mut RingBuf<MapData>,
+    ingest: &Ingest,
+    shared: &Shared,
+    lag: &Histogram,
+) -> usize {
+    let mut batch = ingest.batch(shared);
+    while batch.records < BATCH {
+        let Some(item) = ring.next() else { break };
+        batch.apply(&item);
+    }
+    if let Some(seconds) = batch.lag_seconds() {
+        lag.observe(seconds);
+    }
+    batch.records
+}

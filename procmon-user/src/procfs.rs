@@ -1,0 +1,115 @@
+//! Snapshots of /proc: seeding the tree at start and reconciling it later, so processes that
+//! predate the agent, or whose events were lost, are still known and missed exits do not leak.
+
+use std::{fs, io, path::Path, sync::OnceLock};
+
+use procmon_common::COMM_LEN;
+
+use crate::tree::Comm;
+
+pub const PROC: &str = "/proc";
+
+/// What the tree needs to know about a process from /proc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcSnapshot {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Boottime ns, at clock-tick precision (what /proc/<pid>/stat offers).
+    pub start_ns: u64,
+    pub comm: Comm,
+}
+
+/// Nanoseconds per USER_HZ tick, the unit of /proc start times.
+pub fn tick_ns() -> u64 {
+    static TICK: OnceLock<u64> = OnceLock::new();
+    *TICK.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        1_000_000_000 / if hz > 0 { hz as u64 } else { 100 }
+    })
+}
+
+/// Every live (non-zombie) process under `proc_root`. Processes that vanish mid-scan are
+/// skipped, not errors.
+pub fn scan(proc_root: &Path) -> io::Result<Vec<ProcSnapshot>> {
+    let mut out = Vec::with_capacity(1024);
+    for entry in fs::read_dir(proc_root)? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(snapshot) = read_process(proc_root, pid) {
+            out.push(snapshot);
+        }
+    }
+    Ok(out)
+}
+
+/// One process, or None if it is gone or a zombie (its exit has happened already).
+pub fn read_process(proc_root: &Path, pid: u32) -> Option<ProcSnapshot> {
+    let stat = fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    parse_stat(&stat)
+}
+
+/// Parses `/proc/<pid>/stat`. The comm field may hold spaces and parentheses, so it spans
+/// from the first '(' to the last ')'.
+pub fn parse_stat(stat: &[u8]) -> Option<ProcSnapshot> {
+    let open = stat.iter().position(|&b| b == b'(')?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let pid = std::str::from_utf8(&stat[..open])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    // Fields after comm, 0-based: state(0) ppid(1) ... starttime(19).
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let state = *fields.first()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start_ticks: u64 = fields.get(19)?.parse().ok()?;
+    let name = &stat[open + 1..close];
+    Some(ProcSnapshot {
+        pid,
+        ppid,
+        start_ns: start_ticks * tick_ns(),
+        comm: Comm::from_bytes(&name[..name.len().min(COMM_LEN - 1)]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat_line(comm: &str, state: &str) -> Vec<u8> {
+        format!("4242 ({comm}) {state} 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0").into_bytes()
+    }
+
+    #[test]
+    fn parses_hostile_comm() {
+        let s = parse_stat(&stat_line("a) (b c)", "S")).unwrap();
+        assert_eq!((s.pid, s.ppid), (4242, 17));
+        assert_eq!(s.comm.as_bytes(), b"a) (b c)");
+        assert_eq!(s.start_ns, 123456 * tick_ns());
+    }
+
+    #[test]
+    fn skips_zombies_and_garbage() {
+        assert!(parse_stat(&stat_line("z", "Z")).is_none());
+        assert!(parse_stat(b"12 (x").is_none());
+        assert!(parse_stat(b"").is_none());
+    }
+
+    #[test]
+    fn scans_this_machine() {
+        let me = std::process::id();
+        let all = scan(Path::new("/proc")).unwrap();
+        assert!(all.iter().any(|p| p.pid == me), "own pid {me} in the scan");
+    }
+}

@@ -1,0 +1,224 @@
+//! Decoding of ring-buffer records (procmon-common layouts) with length and version checks.
+//!
+//! The kernel writes records at 8-byte-aligned ring-buffer offsets, but nothing here assumes
+//! alignment: every struct is copied out with `read_unaligned` after the size check.
+
+use std::mem::size_of;
+
+use procmon_common::{kind, ExecRecord, ExitRecord, ForkRecord, RecordHeader, ABI_VERSION};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    Fork(ForkRecord),
+    Exec(ExecRecord),
+    Exit(ExitRecord),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Truncated(usize),
+    #[error(
+        "record has ABI version {0}, expected {ABI_VERSION}: the agent and its probes disagree"
+    )]
+    Version(u16),
+    #[error("unknown record kind {0}")]
+    UnknownKind(u16),
+    #[error("record kind {kind} claims {claimed} bytes and has {actual}, expected {expected}")]
+    Size {
+        kind: u16,
+        claimed: u32,
+        actual: usize,
+        expected: usize,
+    },
+}
+
+impl Record {
+    /// Boottime of the event, ns.
+    pub fn time_ns(&self) -> u64 {
+        match self {
+            Record::Fork(r) => r.time_ns,
+            Record::Exec(r) => r.time_ns,
+            Record::Exit(r) => r.time_ns,
+        }
+    }
+
+    pub fn kind(&self) -> u16 {
+        match self {
+            Record::Fork(_) => kind::FORK,
+            Record::Exec(_) => kind::EXEC,
+            Record::Exit(_) => kind::EXIT,
+        }
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() < size_of::<RecordHeader>() {
+        return Err(DecodeError::Truncated(bytes.len()));
+    }
+    // SAFETY: length checked above; RecordHeader is plain integers.
+    let header: RecordHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if header.version != ABI_VERSION {
+        return Err(DecodeError::Version(header.version));
+    }
+    match header.kind {
+        kind::FORK => read(header, bytes).map(Record::Fork),
+        kind::EXEC => read(header, bytes).map(Record::Exec),
+        kind::EXIT => read(header, bytes).map(Record::Exit),
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+/// Copies a `T` out of `bytes` once the header's size and the buffer's length both match it.
+fn read<T: Copy>(header: RecordHeader, bytes: &[u8]) -> Result<T, DecodeError> {
+    let expected = size_of::<T>();
+    if header.size as usize != expected || bytes.len() < expected {
+        return Err(DecodeError::Size {
+            kind: header.kind,
+            claimed: header.size,
+            actual: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: T is one of the procmon-common records (integers and byte arrays, every bit
+    // pattern valid) and `bytes` holds at least size_of::<T>() bytes.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+/// The bytes of a kernel C string up to its first NUL.
+pub fn c_str(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
+}
+
+/// Test and benchmark support: the exact bytes the probes write for a record.
+pub fn encode<T: Copy>(record: &T) -> Vec<u8> {
+    // SAFETY: T is a repr(C) record without implicit padding (size-asserted in
+    // procmon-common), so all its bytes are initialized.
+    unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
+        .to_vec()
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use procmon_common::{exit_flags, COMM_LEN, FILENAME_LEN};
+
+    pub fn comm(s: &[u8]) -> [u8; COMM_LEN] {
+        let mut c = [0u8; COMM_LEN];
+        c[..s.len()].copy_from_slice(s);
+        c
+    }
+
+    pub fn fork(pid: u32, ppid: u32, start_ns: u64) -> ForkRecord {
+        ForkRecord {
+            header: RecordHeader::new(kind::FORK, size_of::<ForkRecord>()),
+            time_ns: start_ns,
+            start_ns,
+            parent_start_ns: 1,
+            pid,
+            ppid,
+            flags: 0,
+            _pad: 0,
+            comm: comm(b"parent"),
+        }
+    }
+
+    pub fn exec(pid: u32, ppid: u32, start_ns: u64, name: &[u8], path: &[u8]) -> ExecRecord {
+        let mut filename = [0u8; FILENAME_LEN];
+        filename[..path.len()].copy_from_slice(path);
+        ExecRecord {
+            header: RecordHeader::new(kind::EXEC, size_of::<ExecRecord>()),
+            time_ns: start_ns + 1_000,
+            start_ns,
+            parent_start_ns: 1,
+            pid,
+            ppid,
+            old_tid: pid,
+            _pad: 0,
+            comm: comm(name),
+            filename,
+        }
+    }
+
+    pub fn exit(pid: u32, ppid: u32, start_ns: u64, status: u32) -> ExitRecord {
+        ExitRecord {
+            header: RecordHeader::new(kind::EXIT, size_of::<ExitRecord>()),
+            time_ns: start_ns + 2_000_000,
+            start_ns,
+            parent_start_ns: 1,
+            utime_ns: 3_000_000,
+            stime_ns: 1_000_000,
+            runtime_ns: 2_000_000,
+            maxrss_kb: 1024,
+            hiwater_pages: 0,
+            rss_file_pages: 0,
+            rss_anon_pages: 0,
+            rss_shmem_pages: 0,
+            pid,
+            tid: pid,
+            ppid,
+            exit_status: status,
+            flags: exit_flags::GROUP_DEAD | exit_flags::LEADER,
+            _pad: 0,
+            comm: comm(b"child"),
+        }
+    }
+
+    #[test]
+    fn round_trips_every_kind() {
+        let f = fork(10, 1, 5);
+        let e = exec(10, 1, 5, b"true", b"/usr/bin/true");
+        let x = exit(10, 1, 5, 3 << 8);
+        assert_eq!(decode(&encode(&f)), Ok(Record::Fork(f)));
+        assert_eq!(decode(&encode(&e)), Ok(Record::Exec(e)));
+        assert_eq!(decode(&encode(&x)), Ok(Record::Exit(x)));
+    }
+
+    #[test]
+    fn decodes_from_unaligned_buffers() {
+        let x = exit(10, 1, 5, 0);
+        let mut buf = vec![0u8];
+        buf.extend(encode(&x));
+        assert_eq!(decode(&buf[1..]), Ok(Record::Exit(x)));
+    }
+
+    #[test]
+    fn rejects_truncated_records() {
+        let bytes = encode(&exit(10, 1, 5, 0));
+        assert_eq!(decode(&bytes[..4]), Err(DecodeError::Truncated(4)));
+        assert!(matches!(
+            decode(&bytes[..50]),
+            Err(DecodeError::Size { actual: 50, .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_kinds_versions_and_lying_sizes() {
+        let mut f = fork(10, 1, 5);
+        f.header.kind = 99;
+        assert_eq!(decode(&encode(&f)), Err(DecodeError::UnknownKind(99)));
+        let mut f = fork(10, 1, 5);
+        f.header.version = ABI_VERSION + 1;
+        assert_eq!(
+            decode(&encode(&f)),
+            Err(DecodeError::Version(ABI_VERSION + 1))
+        );
+        let mut f = fork(10, 1, 5);
+        f.header.size = 8;
+        assert!(matches!(
+            decode(&encode(&f)),
+            Err(DecodeError::Size { claimed: 8, .. })
+        ));
+        // A fork header on exit-sized bytes must not be read as an exit.
+        let mut x = exit(10, 1, 5, 0);
+        x.header.kind = kind::FORK;
+        assert!(matches!(decode(&encode(&x)), Err(DecodeError::Size { .. })));
+    }
+
+    #[test]
+    fn c_str_stops_at_nul() {
+        assert_eq!(c_str(b"ab\0cd"), b"ab");
+        assert_eq!(c_str(b"abcd"), b"abcd");
+    }
+}

@@ -1,0 +1,245 @@
+//! A `procmon agent` under test: started on a free port, read over HTTP and /proc, stopped
+//! the way an operator would (SIGTERM).
+use std::{
+    fs::{self, File},
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Loading the programs and seeding the tree from /proc takes about a second here; the margin
+/// covers slow CI machines.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// USER_HZ: the unit of utime/stime in /proc/<pid>/stat on every Linux architecture we run on.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+pub struct Agent {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent and waits until GET /healthz answers 200.
+    pub fn start(bin: &Path, log: &Path) -> Result<Agent> {
+        let addr = free_port()?;
+        let log_file =
+            File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut command = Command::new(bin);
+        command.args(["agent", "--listen", &addr.to_string()]);
+        eprintln!(
+            "$ {} (log: {})",
+            crate::cmd::display(&command),
+            log.display()
+        );
+        // The log goes to a file, not a pipe: nobody reads a pipe while stress-ng runs, and a
+        // full pipe would stall the agent and skew the measurement.
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut agent = Agent {
+            child,
+            addr,
+            log: log.to_path_buf(),
+        };
+        agent.wait_ready()?;
+        Ok(agent)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the agent exited before it was ready ({status}){}",
+                    self.log_tail()
+                );
+            }
+            if matches!(get(self.addr, "/healthz"), Ok((200, _))) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "GET http://{}/healthz did not return 200 within {READY_TIMEOUT:?}{}",
+                    self.addr,
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sum of every `procmon_events_lost_total` series (0 when the agent exports none yet).
+    pub fn lost_events(&self) -> Result<f64> {
+        let (status, body) = get(self.addr, "/metrics")?;
+        if status != 200 {
+            bail!("GET http://{}/metrics returned {status}", self.addr);
+        }
+        sum_metric(&body, "procmon_events_lost_total")
+    }
+
+    /// User plus system CPU time the agent has used so far.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {path}: did the agent die?"))?;
+        parse_cpu_seconds(&stat).with_context(|| format!("unexpected {path}: {stat:?}"))
+    }
+
+    /// SIGTERM, then wait: the contract promises a clean exit (status 0) on it.
+    pub fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+        if unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) } != 0 {
+            bail!(
+                "cannot send SIGTERM to the agent: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!(
+                        "the agent exited with {status} after SIGTERM{}",
+                        self.log_tail()
+                    );
+                }
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "the agent did not exit within {STOP_TIMEOUT:?} of SIGTERM (killed it){}",
+            self.log_tail()
+        )
+    }
+
+    fn log_tail(&self) -> String {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        format!("\nlast lines of {}:\n{tail}", self.log.display())
+    }
+}
+
+impl Drop for Agent {
+    /// An agent left behind would keep its probes attached and skew every later run.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A port nobody listens on right now; the agent binds it a moment later.
+fn free_port() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a local port")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A minimal HTTP/1.0 GET: the server closes the connection after the response, so the body is
+/// everything after the headers, with no chunking or keep-alive to handle.
+fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .with_context(|| format!("reading GET {path}"))?;
+    let response = String::from_utf8(response)
+        .with_context(|| format!("GET {path}: response is not UTF-8"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {path}: no end of headers"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("GET {path}: bad status line {:?}", head.lines().next()))?;
+    Ok((status, body.to_string()))
+}
+
+/// Sums all series of `name` in Prometheus text format.
+fn sum_metric(text: &str, name: &str) -> Result<f64> {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        // Skip longer names that share the prefix (e.g. `..._total_created`).
+        let rest = match rest.chars().next() {
+            Some('{') => rest.rsplit_once('}').map(|(_, value)| value).unwrap_or(""),
+            Some(' ') => rest,
+            _ => continue,
+        };
+        // A sample is `value [timestamp]`.
+        let value = rest
+            .split_whitespace()
+            .next()
+            .with_context(|| format!("no value in {line:?}"))?;
+        sum += value
+            .parse::<f64>()
+            .with_context(|| format!("bad value in {line:?}"))?;
+    }
+    Ok(sum)
+}
+
+/// utime + stime from /proc/<pid>/stat; fields are counted after the `(comm)`, which may itself
+/// contain spaces and parentheses.
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // fields[0] is field 3 (state) in proc(5), so utime (14) and stime (15) are 11 and 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / CLOCK_TICKS_PER_SECOND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_every_series_and_skips_comments_and_lookalikes() {
+        let text = "\
+# HELP procmon_events_lost_total Records lost.
+# TYPE procmon_events_lost_total counter
+procmon_events_lost_total{kind=\"fork\",reason=\"ringbuf_full\"} 3
+procmon_events_lost_total{kind=\"exit\",reason=\"sink_lagged\"} 4 1700000000000
+procmon_events_lost_total_created 1700000000
+procmon_events_total{kind=\"fork\"} 100
+";
+        assert_eq!(sum_metric(text, "procmon_events_lost_total").unwrap(), 7.0);
+        assert_eq!(
+            sum_metric("procmon_events_lost_total 2\n", "procmon_events_lost_total").unwrap(),
+            2.0
+        );
+        assert_eq!(sum_metric("", "procmon_events_lost_total").unwrap(), 0.0);
+    }
+
+    #[test]
+    fn cpu_seconds_from_stat_with_odd_comm() {
+        let stat =
+            "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 0 0";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.0));
+    }
+
+    #[test]
+    fn cpu_seconds_of_this_process() {
+        let stat = fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_cpu_seconds(&stat).is_some());
+    }
+}

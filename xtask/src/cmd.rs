@@ -1,0 +1,78 @@
+//! Running child processes with errors that name the command that failed.
+use std::{
+    ffi::OsStr,
+    path::Path,
+    process::{Command, ExitStatus, Output},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Runs `cmd`, echoing it first, and fails unless it exits 0.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = status(cmd)?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", display(cmd));
+    }
+    Ok(())
+}
+
+/// Runs `cmd`, echoing it first, and returns its exit status whatever it is.
+pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
+    eprintln!("$ {}", display(cmd));
+    cmd.status().with_context(|| {
+        format!(
+            "cannot start `{}`: is it installed and on PATH?",
+            display(cmd)
+        )
+    })
+}
+
+/// Runs `cmd` quietly (a probe, not a step) and captures its output; Err only if it cannot start.
+pub fn output(cmd: &mut Command) -> Result<Output> {
+    cmd.output().with_context(|| {
+        format!(
+            "cannot start `{}`: is it installed and on PATH?",
+            display(cmd)
+        )
+    })
+}
+
+/// A stable `cargo` for the workspace at `root` (the one that started xtask, if known).
+pub fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+/// Removes the settings that `cargo run` hands to xtask (its rustc, flags, toolchain pin), so
+/// that a nested build on another toolchain (nightly, `cargo install`) starts clean.
+/// NB: procmon-user/build.rs filters the same variables for the same reason.
+pub fn remove_cargo_env(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let cargo_setting = key.starts_with("CARGO") && key != "CARGO_HOME";
+        if cargo_setting
+            || key.starts_with("RUSTC")
+            || key == "RUSTUP_TOOLCHAIN"
+            || key == "RUSTFLAGS"
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
+}
+
+pub fn display(cmd: &Command) -> String {
+    let quote = |s: &OsStr| {
+        let s = s.to_string_lossy();
+        if s.is_empty() || s.contains(char::is_whitespace) {
+            format!("'{s}'")
+        } else {
+            s.into_owned()
+        }
+    };
+    std::iter::once(quote(cmd.get_program()))
+        .chain(cmd.get_args().map(quote))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

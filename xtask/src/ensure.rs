@@ -1,0 +1,215 @@
+//! Installs what a command needs, idempotently: a step prints something only when it
+//! actually installs, so on a prepared machine this is silent and fast.
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+
+/// What a command is about to do, and therefore what it needs on the machine.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Build the eBPF programs: nightly rust-src, bpf-linker and the LLVM it links against.
+    Toolchain,
+    /// Run the agent (or tests that load the probes): tracefs mounted.
+    Agent,
+    /// The end-to-end tests: promtool checks the /metrics output.
+    Tests,
+    /// The benchmarks: stress-ng generates the load.
+    Bench,
+}
+
+impl Need {
+    fn packages(self) -> (&'static [&'static str], &'static str) {
+        match self {
+            Need::Toolchain => (
+                &[
+                    "llvm-22-dev",
+                    "libpolly-22-dev",
+                    "zlib1g-dev",
+                    "libzstd-dev",
+                ],
+                "bpf-linker links eBPF objects with LLVM 22",
+            ),
+            Need::Agent => (&[], ""),
+            Need::Tests => (
+                &["prometheus"],
+                "the end-to-end tests check /metrics with promtool",
+            ),
+            Need::Bench => (
+                &["stress-ng"],
+                "the benchmarks generate fork storms with stress-ng",
+            ),
+        }
+    }
+}
+
+pub fn ensure(needs: &[Need]) -> Result<()> {
+    debian_packages(needs)?;
+    if needs.contains(&Need::Toolchain) {
+        nightly_rust_src()?;
+        bpf_linker()?;
+    }
+    if needs.contains(&Need::Agent) {
+        tracefs();
+    }
+    Ok(())
+}
+
+fn debian_packages(needs: &[Need]) -> Result<()> {
+    let mut missing = Vec::new();
+    for need in needs {
+        let (packages, why) = need.packages();
+        for &package in packages {
+            if !installed(package)? {
+                eprintln!("installing Debian package {package}: {why}");
+                missing.push(package);
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    require_root(&format!(
+        "installing Debian packages ({})",
+        missing.join(" ")
+    ))?;
+    cmd::run(Command::new("apt-get").arg("update"))
+        .context("apt-get update failed: check network access")?;
+    cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y"])
+            .args(&missing),
+    )
+    .context("apt-get install failed: check the apt sources (LLVM 22 comes from bookworm-security)")
+}
+
+fn installed(package: &str) -> Result<bool> {
+    let query = cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .context("dpkg-query is missing: xtask expects a Debian-based machine")?;
+    // Exit status 1 just means "not known to dpkg".
+    Ok(String::from_utf8_lossy(&query.stdout).contains("install ok installed"))
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let toolchains = stdout(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|line| line.starts_with("nightly")) {
+        eprintln!("installing the nightly Rust toolchain: the eBPF crate needs -Z build-std");
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = stdout(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if !components.lines().any(|line| line.starts_with("rust-src")) {
+        eprintln!("installing nightly rust-src: -Z build-std=core compiles core for the BPF target from it");
+        cmd::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn bpf_linker() -> Result<()> {
+    let cargo_bin = cargo_home().join("bin/bpf-linker");
+    for candidate in [Path::new("bpf-linker"), cargo_bin.as_path()] {
+        if let Ok(out) = Command::new(candidate).arg("--version").output() {
+            // "bpf-linker 0.13.0": any 0.13.x links what aya 0.14 emits.
+            let version = String::from_utf8_lossy(&out.stdout);
+            if out.status.success()
+                && version
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|v| v.starts_with("0.13."))
+            {
+                return Ok(());
+            }
+        }
+    }
+    eprintln!(
+        "installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22: it links the eBPF crate \
+         (the default feature wants LLVM 23, which Debian does not ship)"
+    );
+    let install = |locked: bool| {
+        let mut install = Command::new("cargo");
+        install.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION]);
+        if locked {
+            install.arg("--locked");
+        }
+        install
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22");
+        cmd::run(cmd::remove_cargo_env(&mut install))
+    };
+    if install(true).is_err() {
+        eprintln!("`cargo install --locked` failed; retrying without --locked (newer dependency versions)");
+        install(false).context(
+            "cannot install bpf-linker: check that llvm-22-dev and libpolly-22-dev are installed",
+        )?;
+    }
+    Ok(())
+}
+
+fn cargo_home() -> std::path::PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+}
+
+/// Tracepoint formats (whose layouts move between kernels) are read from tracefs. The tp_btf
+/// probes attach without it, so a failed mount warns instead of failing.
+fn tracefs() {
+    if Path::new("/sys/kernel/tracing/trace").exists() {
+        return;
+    }
+    eprintln!("mounting tracefs at /sys/kernel/tracing: tracepoint formats are read from it");
+    if let Err(e) = require_root("mounting tracefs") {
+        eprintln!("warning: {e:#}");
+        return;
+    }
+    let mount =
+        cmd::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]));
+    if let Err(e) = mount {
+        eprintln!("warning: {e:#}; tracepoint formats will be unavailable");
+    }
+}
+
+fn require_root(what: &str) -> Result<()> {
+    let uid = stdout(Command::new("id").arg("-u"))?;
+    if uid.trim() != "0" {
+        bail!(
+            "{what} needs root (uid is {}): rerun this command as root",
+            uid.trim()
+        );
+    }
+    Ok(())
+}
+
+fn stdout(command: &mut Command) -> Result<String> {
+    let out = cmd::output(command)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            cmd::display(command),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}

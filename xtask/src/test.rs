@@ -1,0 +1,52 @@
+//! `cargo xtask test`: everything CI runs, in order, stopping at the first failure.
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::{cmd, ebpf, ensure};
+
+pub fn run(root: &Path) -> Result<()> {
+    let stages = 5;
+    let mut stage = 0;
+    let mut header = |what: &str| {
+        stage += 1;
+        eprintln!("\n==> [{stage}/{stages}] {what}");
+    };
+
+    header("ensure toolchain and test dependencies");
+    ensure::ensure(&[
+        ensure::Need::Toolchain,
+        ensure::Need::Agent,
+        ensure::Need::Tests,
+    ])?;
+
+    header("build eBPF programs");
+    ebpf::build(root)?;
+
+    // Default members only (procmon-common, procmon-user, xtask): `--workspace` would also pick
+    // procmon-ebpf, which only builds for the BPF target, and the privileged tests.
+    header("unit tests (no root)");
+    cmd::run(cmd::cargo(root).args(["test", "--release"])).context("unit tests failed")?;
+
+    header("build release agent");
+    crate::build_agent(root)?;
+
+    header("end-to-end tests (root, one at a time)");
+    let agent = crate::agent_path(root);
+    cmd::run(
+        cmd::cargo(root)
+            .args([
+                "test",
+                "--release",
+                "--package",
+                "procmon-tests",
+                "--",
+                "--test-threads=1",
+            ])
+            .env("PROCMON_BIN", &agent),
+    )
+    .context("end-to-end tests failed")?;
+
+    eprintln!("\nall stages passed");
+    Ok(())
+}
