@@ -43,13 +43,6 @@ impl Record {
         }
     }
 
-    pub fn kind(&self) -> u16 {
-        match self {
-            Record::Fork(_) => kind::FORK,
-            Record::Exec(_) => kind::EXEC,
-            Record::Exit(_) => kind::EXIT,
-        }
-    }
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -91,7 +84,8 @@ pub fn c_str(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-/// Test and benchmark support: the exact bytes the probes write for a record.
+/// Test support: the exact bytes the probes write for a record.
+#[cfg(test)]
 pub fn encode<T: Copy>(record: &T) -> Vec<u8> {
     // SAFETY: T is a repr(C) record without implicit padding (size-asserted in
     // procmon-common), so all its bytes are initialized.

@@ -107,6 +107,7 @@ impl Tree {
         self.stats
     }
 
+    #[cfg(test)]
     pub fn get(&self, pid: u32) -> Option<&Process> {
         self.procs.get(&pid)
     }

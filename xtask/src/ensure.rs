@@ -172,13 +172,13 @@ fn cargo_home() -> std::path::PathBuf {
         .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
 }
 
-/// Tracepoint formats (whose layouts move between kernels) are read from tracefs. The tp_btf
-/// probes attach without it, so a failed mount warns instead of failing.
+/// procmon's tp_btf probes attach without tracefs, but the tools tests and benchmarks compare
+/// against (bpftrace, perf, tracepoint format files) need it mounted; a failed mount warns.
 fn tracefs() {
     if Path::new("/sys/kernel/tracing/trace").exists() {
         return;
     }
-    eprintln!("mounting tracefs at /sys/kernel/tracing: tracepoint formats are read from it");
+    eprintln!("mounting tracefs at /sys/kernel/tracing: peer tools read tracepoints from it");
     if let Err(e) = require_root("mounting tracefs") {
         eprintln!("warning: {e:#}");
         return;
@@ -186,7 +186,7 @@ fn tracefs() {
     let mount =
         cmd::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]));
     if let Err(e) = mount {
-        eprintln!("warning: {e:#}; tracepoint formats will be unavailable");
+        eprintln!("warning: {e:#}; peer tools that need tracefs will fail");
     }
 }
 
