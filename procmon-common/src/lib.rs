@@ -164,6 +164,26 @@ const _: () = assert!(size_of::<ForkRecord>() == 64);
 const _: () = assert!(size_of::<ExecRecord>() == 320);
 const _: () = assert!(size_of::<ExitRecord>() == 136);
 
+/// One thread, as the task iterator (`iter/task`) reports it for live sampling. Records are
+/// concatenated in the iterator's output; a thread-group leader's record also carries the
+/// group's exited-thread totals and the process's RSS, so summing a tgid's records gives the
+/// process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskSample {
+    pub pid: u32,
+    pub tid: u32,
+    /// The thread-group leader's `start_boottime`.
+    pub start_ns: u64,
+    pub runtime_ns: u64,
+    pub utime_ns: u64,
+    pub stime_ns: u64,
+    /// Resident pages (file + anon + shmem); leader records only.
+    pub rss_pages: u64,
+}
+
+const _: () = assert!(size_of::<TaskSample>() == 48);
+
 /// Kernel struct member offsets, resolved from the running kernel's BTF at startup and handed
 /// to the probes as a load-time global (`OFFSETS`). Rust eBPF emits no CO-RE relocations, so
 /// offsets compiled in from one kernel's headers would be silently wrong on another.

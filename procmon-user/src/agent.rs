@@ -1,117 +1,169 @@
-//! `procmon agent`: wires probes → reader → tree → metrics/events, and shuts down cleanly.
+//! The running pipeline behind `procmon agent` and `procmon run`: probes → reader → tree and
+//! attribution → metrics/events, plus the sampler and the /proc reconciler, with one
+//! orderly shutdown.
 //!
-//! Startup order is chosen so that a failure leaves nothing half-started: privileges, then
-//! the listen socket (port conflicts), then the events file, and only then the probes. The
-//! tree is seeded from /proc *after* the probes are attached, so no process falls between.
+//! Startup order is chosen so that a failure leaves nothing half-started: callers check
+//! privileges, bind the listen socket and open the events file first; only then are the
+//! probes loaded. The tree is seeded from /proc *after* the probes are attached, so no
+//! process falls between.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use aya::maps::{MapData, PerCpuArray};
 use tokio::{
     io::AsyncWrite,
     net::TcpListener,
-    signal::unix::{signal, SignalKind},
     sync::{broadcast, watch},
+    task::JoinHandle,
 };
 
 use crate::{
+    attribution::{Attribution, AttributionConfig},
     clock::boottime_ns,
     events::EventKind,
     ingest::{Ingest, Shared},
-    kernel,
+    kernel::{self, sampler::Sampler},
     metrics::{HealthSnapshot, HealthSource, Metrics},
-    procfs, sink,
+    procfs::{self, PROC},
+    sink,
     tree::Tree,
 };
 
-pub struct AgentConfig {
-    pub listen: SocketAddr,
-    pub events: Option<PathBuf>,
-    pub event_kinds: Vec<EventKind>,
+pub struct PipelineConfig {
     pub max_processes: usize,
     pub reconcile_interval: Duration,
+    pub sample_interval: Duration,
     pub ringbuf_bytes: u32,
+    pub event_kinds: Vec<EventKind>,
+    pub attribution: AttributionConfig,
 }
 
 /// Events buffered for slow consumers before they start losing (and counting) them.
 const EVENT_BUFFER: usize = 64 * 1024;
+/// Cgroup reads per sampling round (processes that exec'd or were forked since the last).
+const CGROUP_READS_PER_ROUND: usize = 4096;
 
-pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
-    kernel::check_privileges()?;
-    let listener = TcpListener::bind(cfg.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {}; pass --listen ADDR:PORT with a free port",
-            cfg.listen
-        )
-    })?;
-    let events_out = match &cfg.events {
-        Some(path) => Some(open_events(path).await?),
-        None => None,
-    };
-
-    let kernel::Probes {
-        ebpf,
-        events,
-        stats,
-    } = kernel::load(&kernel::LoadConfig {
-        ringbuf_bytes: cfg.ringbuf_bytes,
-    })?;
-    let shared = Arc::new(Shared::new(Tree::new(cfg.max_processes)));
-    let snapshot = procfs::scan(procfs::PROC.as_ref())
-        .context("cannot read /proc to seed the process tree")?;
-    shared.tree.lock().unwrap().seed(snapshot);
-
-    let source = Arc::new(AgentHealth {
-        shared: shared.clone(),
-        stats: std::sync::Mutex::new(stats),
-    });
-    let metrics = Arc::new(Metrics::new(source));
-    let (events_tx, _) = broadcast::channel(EVENT_BUFFER);
-    let sink = events_out.map(|out| {
-        tokio::spawn(sink::write_json_lines(
-            events_tx.subscribe(),
-            out,
-            cfg.event_kinds.clone(),
-            shared.clone(),
-        ))
-    });
-    let ingest = Ingest::new(&metrics, events_tx);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let reader = tokio::spawn(kernel::reader::run(
-        events,
-        ingest,
-        shared.clone(),
-        metrics.reader_lag.clone(),
-        stop_rx.clone(),
-    ));
-    let reconciler = tokio::spawn(reconcile_periodically(
-        shared.clone(),
-        cfg.reconcile_interval,
-        stop_rx.clone(),
-    ));
-    let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(crate::http::serve(listener, metrics.clone(), async move {
-        let _ = http_stop.changed().await;
-    }));
-    eprintln!("procmon: ready, listening on http://{}", cfg.listen);
-
-    wait_for_shutdown_signal().await?;
-    eprintln!("procmon: shutting down");
-    let _ = stop_tx.send(true);
-    reader.await?.context("ring-buffer reader failed")?;
-    if let Some(sink) = sink {
-        // The reader dropped the only sender: the sink drains what is left and flushes.
-        sink.await?.context("writing events failed")?;
-    }
-    reconciler.await?;
-    http.await?.context("HTTP server failed")?;
-    // Detach only after the last drain.
-    drop(ebpf);
-    Ok(())
+pub struct Pipeline {
+    pub shared: Arc<Shared>,
+    pub metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+    reader: JoinHandle<std::io::Result<()>>,
+    sampler: JoinHandle<Sampler>,
+    reconciler: JoinHandle<()>,
+    sink: Option<JoinHandle<std::io::Result<()>>>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-async fn open_events(path: &PathBuf) -> anyhow::Result<Box<dyn AsyncWrite + Unpin + Send>> {
+impl Pipeline {
+    pub async fn start(
+        cfg: PipelineConfig,
+        listener: Option<TcpListener>,
+        events_out: Option<Box<dyn AsyncWrite + Unpin + Send>>,
+    ) -> anyhow::Result<Self> {
+        let kernel::Probes {
+            ebpf,
+            events,
+            stats,
+        } = kernel::load(&kernel::LoadConfig {
+            ringbuf_bytes: cfg.ringbuf_bytes,
+        })?;
+        let mut sampler = Sampler::new(ebpf);
+        let mut tree = Tree::new(cfg.max_processes);
+        tree.seed(
+            procfs::scan(PROC.as_ref()).context("cannot read /proc to seed the process tree")?,
+        );
+        let mut attribution = Attribution::new(cfg.attribution);
+        attribution.seed(&mut tree);
+        let shared = Arc::new(Shared::new(tree, attribution));
+        resolve_cgroups(&shared, usize::MAX).await;
+        // A first sample, so live ratios have a baseline one interval from now.
+        sample_once(&mut sampler, &shared, None).await;
+
+        let source = Arc::new(AgentHealth {
+            shared: shared.clone(),
+            stats: Mutex::new(stats),
+        });
+        let metrics = Arc::new(Metrics::new(source));
+        let (events_tx, _) = broadcast::channel(EVENT_BUFFER);
+        let sink = events_out.map(|out| {
+            tokio::spawn(sink::write_json_lines(
+                events_tx.subscribe(),
+                out,
+                cfg.event_kinds.clone(),
+                shared.clone(),
+            ))
+        });
+        let ingest = Ingest::new(&metrics, events_tx);
+        let (stop, stop_rx) = watch::channel(false);
+        let reader = tokio::spawn(kernel::reader::run(
+            events,
+            ingest,
+            shared.clone(),
+            metrics.reader_lag.clone(),
+            stop_rx.clone(),
+        ));
+        let sampler = tokio::spawn(sample_periodically(
+            sampler,
+            shared.clone(),
+            metrics.clone(),
+            cfg.sample_interval,
+            stop_rx.clone(),
+        ));
+        let reconciler = tokio::spawn(reconcile_periodically(
+            shared.clone(),
+            cfg.reconcile_interval,
+            stop_rx.clone(),
+        ));
+        let http = listener.map(|listener| {
+            let mut http_stop = stop_rx.clone();
+            tokio::spawn(crate::http::serve(listener, metrics.clone(), async move {
+                let _ = http_stop.changed().await;
+            }))
+        });
+        Ok(Self {
+            shared,
+            metrics,
+            stop,
+            reader,
+            sampler,
+            reconciler,
+            sink,
+            http,
+        })
+    }
+
+    /// Stops everything: the reader drains what the kernel still holds, the events file is
+    /// flushed, and only then are the probes detached.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let sampler = self.sampler.await?;
+        self.reader.await?.context("ring-buffer reader failed")?;
+        if let Some(sink) = self.sink {
+            // The reader dropped the only sender: the sink drains what is left and flushes.
+            sink.await?.context("writing events failed")?;
+        }
+        self.reconciler.await?;
+        if let Some(http) = self.http {
+            http.await?.context("HTTP server failed")?;
+        }
+        drop(sampler.into_inner());
+        Ok(())
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}; pass --listen ADDR:PORT with a free port")
+    })
+}
+
+pub async fn open_events(path: &PathBuf) -> anyhow::Result<Box<dyn AsyncWrite + Unpin + Send>> {
     if path.as_os_str() == "-" {
         return Ok(Box::new(tokio::io::stdout()));
     }
@@ -129,14 +181,79 @@ async fn open_events(path: &PathBuf) -> anyhow::Result<Box<dyn AsyncWrite + Unpi
     Ok(Box::new(file))
 }
 
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// One sampling round: the task iterator pass, then the live sums under the lock.
+async fn sample_once(sampler: &mut Sampler, shared: &Arc<Shared>, metrics: Option<&Metrics>) {
+    let started = Instant::now();
+    // The pass is a few syscalls and a copy: cheaper inline than a blocking-pool hop.
+    let samples = match sampler.sample() {
+        Ok(samples) => samples,
+        Err(e) => {
+            eprintln!("procmon: warning: sampling failed: {e}");
+            return;
+        }
+    };
+    if let Some(m) = metrics {
+        m.sample_duration.observe(started.elapsed().as_secs_f64());
     }
-    Ok(())
+    let now = boottime_ns();
+    let mut state = shared.lock();
+    let crate::ingest::State {
+        tree, attribution, ..
+    } = &mut *state;
+    attribution.apply_samples(tree, &samples, now);
+}
+
+async fn sample_periodically(
+    mut sampler: Sampler,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Sampler {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return sampler,
+            _ = tick.tick() => {}
+        }
+        sample_once(&mut sampler, &shared, Some(&metrics)).await;
+        resolve_cgroups(&shared, CGROUP_READS_PER_ROUND).await;
+    }
+}
+
+/// Reads the cgroup of processes that are new or exec'd since the last round. Short-lived
+/// processes never get here: they keep the workload they inherited from their parent.
+async fn resolve_cgroups(shared: &Arc<Shared>, limit: usize) {
+    let wanted = {
+        let state = shared.lock();
+        state.attribution.cgroups_to_read(&state.tree, limit)
+    };
+    if wanted.is_empty() {
+        return;
+    }
+    let found: Vec<(u32, u64, String)> = tokio::task::spawn_blocking(move || {
+        wanted
+            .into_iter()
+            .map(|(pid, start)| {
+                (
+                    pid,
+                    start,
+                    procfs::read_cgroup(PROC.as_ref(), pid).unwrap_or_else(|| "/".into()),
+                )
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    let mut state = shared.lock();
+    let crate::ingest::State {
+        tree, attribution, ..
+    } = &mut *state;
+    for (pid, start, path) in found {
+        attribution.set_cgroup(tree, pid, start, &path);
+    }
 }
 
 /// Periodically corrects the tree against /proc (missed forks and exits).
@@ -153,18 +270,19 @@ async fn reconcile_periodically(
             _ = tick.tick() => {}
         }
         let scan_started = boottime_ns();
-        let Ok(Ok(snapshot)) =
-            tokio::task::spawn_blocking(|| procfs::scan(procfs::PROC.as_ref())).await
+        let Ok(Ok(snapshot)) = tokio::task::spawn_blocking(|| procfs::scan(PROC.as_ref())).await
         else {
             eprintln!("procmon: warning: cannot read /proc; reconciliation skipped");
             continue;
         };
         let shared = shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let mut tree = shared.tree.lock().unwrap_or_else(|e| e.into_inner());
-            tree.reconcile(&snapshot, scan_started, |pid| {
-                procfs::read_process(procfs::PROC.as_ref(), pid)
-            });
+            shared
+                .lock()
+                .tree
+                .reconcile(&snapshot, scan_started, |pid| {
+                    procfs::read_process(PROC.as_ref(), pid)
+                });
         })
         .await;
     }
@@ -172,15 +290,18 @@ async fn reconcile_periodically(
 
 struct AgentHealth {
     shared: Arc<Shared>,
-    stats: std::sync::Mutex<PerCpuArray<MapData, u64>>,
+    stats: Mutex<PerCpuArray<MapData, u64>>,
 }
 
 impl HealthSource for AgentHealth {
     fn snapshot(&self) -> HealthSnapshot {
-        use std::sync::atomic::Ordering::Relaxed;
-        let (live, tree) = {
-            let tree = self.shared.tree.lock().unwrap_or_else(|e| e.into_inner());
-            (tree.len() as u64, tree.stats())
+        let (live, tree, attribution) = {
+            let state = self.shared.lock();
+            (
+                state.tree.len() as u64,
+                state.tree.stats(),
+                state.attribution.snapshot(boottime_ns()),
+            )
         };
         HealthSnapshot {
             live_processes: live,
@@ -189,6 +310,7 @@ impl HealthSource for AgentHealth {
             kernel: kernel::read_stats(&self.stats.lock().unwrap_or_else(|e| e.into_inner())),
             malformed: self.shared.malformed.load(Relaxed),
             sink_lagged: self.shared.sink_lagged.load(Relaxed),
+            attribution,
         }
     }
 }

@@ -11,27 +11,46 @@ use prometheus::IntCounter;
 use tokio::sync::broadcast;
 
 use crate::{
+    attribution::Attribution,
     clock::{boottime_ns, rfc3339, WallClock},
     events::{self, EventKind, EventMsg, ExecEvent, ExitEvent, ExitStatus, ForkEvent, Outcome},
     metrics::Metrics,
     record::{c_str, decode, Record},
+    run::RunLog,
     tree::{Comm, Tree},
 };
 
-/// What the ingest path shares with scrapes and the reconciler.
+/// The tree and what is attributed over it: always changed together, under one lock.
+pub struct State {
+    pub tree: Tree,
+    pub attribution: Attribution,
+    /// `procmon run` keeps every process of the command's tree.
+    pub run_log: Option<RunLog>,
+}
+
+/// What the ingest path shares with scrapes, the sampler and the reconciler.
 pub struct Shared {
-    pub tree: Mutex<Tree>,
+    pub state: Mutex<State>,
     pub malformed: AtomicU64,
     pub sink_lagged: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(tree: Tree) -> Self {
+    pub fn new(tree: Tree, attribution: Attribution) -> Self {
         Self {
-            tree: Mutex::new(tree),
+            state: Mutex::new(State {
+                tree,
+                attribution,
+                run_log: None,
+            }),
             malformed: AtomicU64::new(0),
             sink_lagged: AtomicU64::new(0),
         }
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere must not take the agent's metrics down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -53,7 +72,7 @@ pub struct Ingest {
 pub struct Batch<'a> {
     ingest: &'a Ingest,
     shared: &'a Shared,
-    tree: std::sync::MutexGuard<'a, Tree>,
+    state: std::sync::MutexGuard<'a, State>,
     clock: WallClock,
     render: bool,
     pub records: usize,
@@ -79,7 +98,7 @@ impl Ingest {
         Batch {
             ingest: self,
             shared,
-            tree: shared.tree.lock().unwrap_or_else(|e| e.into_inner()),
+            state: shared.lock(),
             clock: WallClock::now(),
             // Events are rendered only when someone listens.
             render: self.events.receiver_count() > 0,
@@ -105,7 +124,16 @@ impl Batch<'_> {
             Record::Fork(r) => {
                 c.events[0].inc();
                 c.starts.inc();
-                self.tree.on_fork(&r);
+                let State {
+                    tree,
+                    attribution,
+                    run_log,
+                } = &mut *self.state;
+                tree.on_fork(&r);
+                attribution.on_fork(tree, r.pid);
+                if let Some(log) = run_log {
+                    log.on_fork(tree, r.pid);
+                }
                 if self.render {
                     self.emit_fork(&r);
                 }
@@ -113,7 +141,16 @@ impl Batch<'_> {
             Record::Exec(r) => {
                 c.events[1].inc();
                 c.execs.inc();
-                let old_comm = self.tree.on_exec(&r);
+                let State {
+                    tree,
+                    attribution,
+                    run_log,
+                } = &mut *self.state;
+                let old_comm = tree.on_exec(&r);
+                attribution.on_exec(tree, r.pid);
+                if let Some(log) = run_log {
+                    log.on_exec(tree, r.pid);
+                }
                 if self.render {
                     self.emit_exec(&r, old_comm);
                 }
@@ -123,7 +160,18 @@ impl Batch<'_> {
                 let status = ExitStatus::from_raw(r.exit_status);
                 let outcome = status.outcome();
                 c.exits[Outcome::ALL.iter().position(|&o| o == outcome).unwrap()].inc();
-                self.tree.on_exit(&r);
+                let State {
+                    tree,
+                    attribution,
+                    run_log,
+                } = &mut *self.state;
+                let gone = tree.on_exit(&r);
+                if let Some(p) = &gone {
+                    attribution.on_exit(p, r.runtime_ns, peak_rss_bytes(&r), r.time_ns);
+                }
+                if let Some(log) = run_log {
+                    log.on_exit(gone.as_ref(), &r, status);
+                }
                 if self.render {
                     self.emit_exit(&r, status);
                 }
@@ -238,6 +286,15 @@ mod tests {
     };
     use std::sync::Arc;
 
+    fn test_attribution() -> Attribution {
+        Attribution::new(crate::attribution::AttributionConfig {
+            selectors: vec![],
+            retain_exited_ns: 0,
+            max_child_series: 10,
+            max_workloads: 10,
+        })
+    }
+
     struct Nothing;
     impl HealthSource for Nothing {
         fn snapshot(&self) -> HealthSnapshot {
@@ -249,7 +306,12 @@ mod tests {
         let metrics = Metrics::new(Arc::new(Nothing));
         let (tx, rx) = broadcast::channel(64);
         let ingest = Ingest::new(&metrics, tx);
-        (metrics, ingest, Shared::new(Tree::new(100)), rx)
+        (
+            metrics,
+            ingest,
+            Shared::new(Tree::new(100), test_attribution()),
+            rx,
+        )
     }
 
     fn next_json(rx: &mut broadcast::Receiver<EventMsg>) -> serde_json::Value {
@@ -296,7 +358,7 @@ mod tests {
         assert_eq!(shared.malformed.load(Ordering::Relaxed), 1);
         assert_eq!(metrics.exits.with_label_values(&["crashed"]).get(), 1);
         assert_eq!(metrics.starts.get(), 1);
-        assert_eq!(shared.tree.lock().unwrap().len(), 0);
+        assert_eq!(shared.lock().tree.len(), 0);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! `procmon`: an eBPF process lifecycle tracer.
 //!
-//! Exit status: 0 on success, 2 for bad flags (nothing started), 1 when the environment
-//! stops the agent (privileges, BTF, a busy port).
+//! Exit status: 0 on success, 2 for bad flags or config (nothing started), 1 when the
+//! environment stops procmon (privileges, BTF, a busy port). `procmon run` exits with the
+//! command's own status.
 
 mod agent;
+mod attribution;
+mod cli;
 mod clock;
 mod events;
 mod http;
@@ -12,76 +15,23 @@ mod kernel;
 mod metrics;
 mod procfs;
 mod record;
+mod run;
 mod sink;
 mod tree;
+mod workload;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
 
-use crate::events::EventKind;
+use crate::{
+    agent::Pipeline,
+    cli::{Cli, Command, Settings},
+};
 
-#[derive(Parser)]
-#[command(
-    name = "procmon",
-    version,
-    about = "eBPF process lifecycle tracer: process tree, CPU/RSS attribution, crash and OOM events"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Trace every process on the host; serve /metrics and /healthz, optionally write events.
-    Agent(AgentArgs),
-}
-
-#[derive(Args)]
-struct AgentArgs {
-    /// Address for the HTTP endpoints (/metrics, /healthz).
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
-    listen: SocketAddr,
-    /// Write events as JSON lines to FILE (appended), or to stdout with `-`.
-    #[arg(long, value_name = "FILE|-")]
-    events: Option<PathBuf>,
-    /// Event kinds to write with --events, comma-separated.
-    #[arg(
-        long,
-        value_name = "KINDS",
-        value_delimiter = ',',
-        default_value = "fork,exec,exit"
-    )]
-    event_kinds: Vec<EventKind>,
-    /// Most processes the tree tracks; beyond it the oldest are evicted (and counted).
-    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
-    max_processes: u64,
-    /// How often the tree is reconciled against /proc, e.g. 30s, 5m.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_interval)]
-    reconcile_interval: Duration,
-    /// Kernel ring-buffer size in bytes: a power of two, 64 KiB to 1 GiB.
-    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ringbuf_bytes)]
-    ringbuf_bytes: u32,
-}
-
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m)"))?;
-    if d < Duration::from_secs(1) {
-        return Err("must be at least 1s".into());
-    }
-    Ok(d)
-}
-
-fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
-    let n: u32 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a byte count"))?;
-    if !n.is_power_of_two() || !(64 << 10..=1 << 30).contains(&n) {
-        return Err("must be a power of two between 65536 and 1073741824".into());
-    }
-    Ok(n)
-}
+const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -95,25 +45,21 @@ fn main() -> ExitCode {
             // One line naming the problem, not clap's usage block.
             let rendered = e.to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "procmon: {} (see `procmon --help`)",
-                first.trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
+            return usage_error(first.trim_start_matches("error: "));
         }
     };
     let result = match cli.command {
-        Command::Agent(a) => run_async(agent::run(agent::AgentConfig {
-            listen: a.listen,
-            events: a.events,
-            event_kinds: a.event_kinds,
-            max_processes: a.max_processes as usize,
-            reconcile_interval: a.reconcile_interval,
-            ringbuf_bytes: a.ringbuf_bytes,
-        })),
+        Command::Agent(a) => match a.common.resolve(a.listen, a.events) {
+            Ok(settings) => run_async(agent_main(settings)),
+            Err(e) => return usage_error(&e),
+        },
+        Command::Run(r) => match r.common.resolve(r.listen, None) {
+            Ok(settings) => run_async(run::execute(settings, r.command, r.json)),
+            Err(e) => return usage_error(&e),
+        },
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("procmon: {e:#}");
             ExitCode::from(1)
@@ -121,10 +67,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("procmon: {message} (see `procmon --help`)");
+    ExitCode::from(2)
+}
+
+fn run_async(fut: impl std::future::Future<Output = anyhow::Result<u8>>) -> anyhow::Result<u8> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
         .block_on(fut)
+}
+
+async fn agent_main(settings: Settings) -> anyhow::Result<u8> {
+    kernel::check_privileges()?;
+    let addr: SocketAddr = settings
+        .listen
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap());
+    let listener = agent::bind(addr).await?;
+    let events_out = match &settings.events {
+        Some(path) => Some(agent::open_events(path).await?),
+        None => None,
+    };
+    let pipeline = Pipeline::start(settings.pipeline, Some(listener), events_out).await?;
+    eprintln!("procmon: ready, listening on http://{addr}");
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("procmon: shutting down");
+    pipeline.stop().await?;
+    Ok(0)
 }

@@ -8,8 +8,8 @@ use procmon_common::stat;
 use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::{
@@ -29,6 +29,7 @@ pub struct HealthSnapshot {
     pub malformed: u64,
     /// Events the `--events` writer could not keep up with.
     pub sink_lagged: u64,
+    pub attribution: AttributionSnapshot,
 }
 
 pub trait HealthSource: Send + Sync {
@@ -42,6 +43,7 @@ pub struct Metrics {
     pub exits: IntCounterVec,
     pub events: IntCounterVec,
     pub reader_lag: Histogram,
+    pub sample_duration: Histogram,
 }
 
 impl Metrics {
@@ -80,6 +82,16 @@ impl Metrics {
             ]),
         )
         .unwrap();
+        let sample_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "procmon_sample_duration_seconds",
+                "Time to sample every live process's CPU and RSS (task iterator pass).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )
+        .unwrap();
         let info = IntGauge::with_opts(
             Opts::new(
                 "procmon_build_info",
@@ -114,6 +126,7 @@ impl Metrics {
             exits,
             events,
             reader_lag,
+            sample_duration,
         }
     }
 
@@ -127,15 +140,100 @@ impl Metrics {
     }
 }
 
-/// The families [`StateCollector`] produces: name, help, label names.
-const STATE_FAMILIES: [(&str, &str, &[&str]); 7] = [
-    ("procmon_processes_live", "Live processes known to the process tree.", &[]),
-    ("procmon_tree_processes", "Entries tracked by the process tree.", &[]),
-    ("procmon_tree_evictions_total", "Tree entries evicted because the tree reached --max-processes.", &[]),
-    ("procmon_tree_reconciled_total", "Tree corrections made against /proc: added (missed fork), removed (missed exit), replaced (pid reuse after a missed exit).", &["action"]),
-    ("procmon_events_lost_total", "Events lost, by kind and reason (ringbuf_full: the kernel ring buffer was full; malformed: rejected by the decoder; sink_lagged: the --events writer fell behind).", &["kind", "reason"]),
-    ("procmon_kernel_read_errors_total", "Kernel memory reads that failed in the probes (the field was sent as zero).", &[]),
-    ("procmon_kernel_thread_exits_total", "Thread (not process) exits seen by the exit probe.", &[]),
+/// One attributed unit (a watched root, or a direct child of one) as a metric row.
+#[derive(Debug, Clone, Default)]
+pub struct UnitRow {
+    pub watch: String,
+    /// Set for children: the watched root they belong to.
+    pub root_pid: Option<u32>,
+    /// A pid, or `_other` for children past the series cap.
+    pub pid: String,
+    pub comm: String,
+    pub cpu_seconds: f64,
+    pub rss_bytes: f64,
+    pub peak_rss_bytes: f64,
+    pub descendants_started: f64,
+    pub cpu_ratio: f64,
+    pub lifetime_seconds: f64,
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadRow {
+    pub workload: String,
+    pub cpu_seconds: f64,
+    pub rss_bytes: f64,
+    pub processes: f64,
+    pub starts: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AttributionSnapshot {
+    pub roots: Vec<UnitRow>,
+    pub children: Vec<UnitRow>,
+    pub workloads: Vec<WorkloadRow>,
+    pub child_overflowed: u64,
+    pub workloads_overflowed: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+}
+
+const fn family(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Family {
+    Family {
+        name,
+        help,
+        kind,
+        labels,
+    }
+}
+
+const ROOT: &[&str] = &["watch", "pid", "comm"];
+const CHILD: &[&str] = &["watch", "root_pid", "pid", "comm"];
+const WORKLOAD: &[&str] = &["workload"];
+
+/// Everything [`StateCollector`] produces, in output order.
+const FAMILIES: [Family; 25] = [
+    family("procmon_processes_live", Kind::Gauge, &[], "Live processes known to the process tree."),
+    family("procmon_tree_processes", Kind::Gauge, &[], "Entries tracked by the process tree."),
+    family("procmon_tree_evictions_total", Kind::Counter, &[], "Tree entries evicted because the tree reached --max-processes."),
+    family("procmon_tree_reconciled_total", Kind::Counter, &["action"], "Tree corrections made against /proc: added (missed fork), removed (missed exit), replaced (pid reuse after a missed exit)."),
+    family("procmon_events_lost_total", Kind::Counter, &["kind", "reason"], "Events lost, by kind and reason (ringbuf_full: the kernel ring buffer was full; malformed: rejected by the decoder; sink_lagged: the --events writer fell behind)."),
+    family("procmon_kernel_read_errors_total", Kind::Counter, &[], "Kernel memory reads that failed in the probes (the field was sent as zero)."),
+    family("procmon_kernel_thread_exits_total", Kind::Counter, &[], "Thread (not process) exits seen by the exit probe."),
+    family("procmon_kernel_exits_not_deferred_total", Kind::Counter, &[], "Exit records sent before the exit path finished (pending-exit map full): their CPU time is slightly low."),
+    family("procmon_watched_cpu_seconds_total", Kind::Counter, ROOT, "CPU (user+system) of a watched process and all its descendants, exited ones included."),
+    family("procmon_watched_rss_bytes", Kind::Gauge, ROOT, "Resident memory of a watched process's live subtree at the last sample."),
+    family("procmon_watched_peak_rss_bytes", Kind::Gauge, ROOT, "Highest sampled subtree RSS, or highest peak of a single exited descendant if larger."),
+    family("procmon_watched_descendants_started_total", Kind::Counter, ROOT, "Processes started below a watched process."),
+    family("procmon_watched_cpu_usage_ratio", Kind::Gauge, ROOT, "CPU usage of a watched process's live subtree over the last sample interval (1.0 = one full core)."),
+    family("procmon_child_cpu_seconds_total", Kind::Counter, CHILD, "CPU (user+system) of a watched process's direct child and its whole subtree, exited descendants included."),
+    family("procmon_child_rss_bytes", Kind::Gauge, CHILD, "Resident memory of the child's live subtree at the last sample."),
+    family("procmon_child_peak_rss_bytes", Kind::Gauge, CHILD, "Highest sampled subtree RSS of the child, or highest peak of a single exited process in it if larger."),
+    family("procmon_child_descendants_started_total", Kind::Counter, CHILD, "Processes started below the child (the child itself excluded)."),
+    family("procmon_child_cpu_usage_ratio", Kind::Gauge, CHILD, "CPU usage of the child's live subtree over the last sample interval (1.0 = one full core)."),
+    family("procmon_child_lifetime_seconds", Kind::Gauge, CHILD, "How long the child has lived (or lived, once exited)."),
+    family("procmon_child_alive", Kind::Gauge, CHILD, "1 while the child runs, 0 once it exited (kept for --retain-exited)."),
+    family("procmon_child_series_overflow_total", Kind::Counter, &[], "Children attributed to the pid=\"_other\" series because --max-child-series was reached."),
+    family("procmon_workload_cpu_seconds_total", Kind::Counter, WORKLOAD, "CPU (user+system) of the processes of a workload, exited ones included."),
+    family("procmon_workload_rss_bytes", Kind::Gauge, WORKLOAD, "Resident memory of a workload's live processes at the last sample."),
+    family("procmon_workload_processes", Kind::Gauge, WORKLOAD, "Live processes of a workload at the last sample."),
+    family("procmon_workload_overflow_total", Kind::Counter, &[], "Workload names folded into workload=\"_other\" because --max-workloads was reached."),
 ];
 
 pub struct StateCollector {
@@ -145,13 +243,13 @@ pub struct StateCollector {
 
 impl StateCollector {
     fn new(source: Arc<dyn HealthSource>) -> Self {
-        let descs = STATE_FAMILIES
+        let descs = FAMILIES
             .iter()
-            .map(|(name, help, labels)| {
+            .map(|f| {
                 Desc::new(
-                    name.to_string(),
-                    help.to_string(),
-                    labels.iter().map(|l| l.to_string()).collect(),
+                    f.name.to_string(),
+                    f.help.to_string(),
+                    f.labels.iter().map(|l| l.to_string()).collect(),
                     HashMap::new(),
                 )
                 .unwrap()
@@ -159,6 +257,12 @@ impl StateCollector {
             .collect();
         Self { source, descs }
     }
+}
+
+type Rows = Vec<(Vec<String>, f64)>;
+
+fn one(v: u64) -> Rows {
+    vec![(vec![], v as f64)]
 }
 
 impl Collector for StateCollector {
@@ -169,50 +273,111 @@ impl Collector for StateCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let s = self.source.snapshot();
         let k = |i: u32| s.kernel[i as usize];
-        let [live, tracked, evictions, reconciled, lost, read_errors, thread_exits] =
-            STATE_FAMILIES;
-        vec![
-            gauge(live, s.live_processes),
-            gauge(tracked, s.tracked_processes),
-            counter(evictions, &[(&[], s.tree.evictions)]),
-            counter(
-                reconciled,
-                &[
-                    (&["added"], s.tree.reconciled_added),
-                    (&["removed"], s.tree.reconciled_removed),
-                    (&["replaced"], s.tree.pid_reuse),
-                ],
-            ),
-            counter(
-                lost,
-                &[
-                    (&["fork", "ringbuf_full"], k(stat::RINGBUF_FULL_FORK)),
-                    (&["exec", "ringbuf_full"], k(stat::RINGBUF_FULL_EXEC)),
-                    (&["exit", "ringbuf_full"], k(stat::RINGBUF_FULL_EXIT)),
-                    (&["unknown", "malformed"], s.malformed),
-                    (&["unknown", "sink_lagged"], s.sink_lagged),
-                ],
-            ),
-            counter(read_errors, &[(&[], k(stat::READ_ERROR))]),
-            counter(thread_exits, &[(&[], k(stat::THREAD_EXITS))]),
-        ]
+        let labels = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = &s.attribution;
+        let root_rows = |f: fn(&UnitRow) -> f64| -> Rows {
+            a.roots
+                .iter()
+                .map(|r| (vec![r.watch.clone(), r.pid.clone(), r.comm.clone()], f(r)))
+                .collect()
+        };
+        let child_rows = |f: fn(&UnitRow) -> f64| -> Rows {
+            a.children
+                .iter()
+                .map(|r| {
+                    (
+                        vec![
+                            r.watch.clone(),
+                            r.root_pid.map_or_else(String::new, |p| p.to_string()),
+                            r.pid.clone(),
+                            r.comm.clone(),
+                        ],
+                        f(r),
+                    )
+                })
+                .collect()
+        };
+        let workload_rows = |f: fn(&WorkloadRow) -> f64| -> Rows {
+            a.workloads
+                .iter()
+                .map(|w| (vec![w.workload.clone()], f(w)))
+                .collect()
+        };
+        let rows: [Rows; 25] = [
+            one(s.live_processes),
+            one(s.tracked_processes),
+            one(s.tree.evictions),
+            vec![
+                (labels(&["added"]), s.tree.reconciled_added as f64),
+                (labels(&["removed"]), s.tree.reconciled_removed as f64),
+                (labels(&["replaced"]), s.tree.pid_reuse as f64),
+            ],
+            vec![
+                (
+                    labels(&["fork", "ringbuf_full"]),
+                    k(stat::RINGBUF_FULL_FORK) as f64,
+                ),
+                (
+                    labels(&["exec", "ringbuf_full"]),
+                    k(stat::RINGBUF_FULL_EXEC) as f64,
+                ),
+                (
+                    labels(&["exit", "ringbuf_full"]),
+                    k(stat::RINGBUF_FULL_EXIT) as f64,
+                ),
+                (labels(&["unknown", "malformed"]), s.malformed as f64),
+                (labels(&["unknown", "sink_lagged"]), s.sink_lagged as f64),
+            ],
+            one(k(stat::READ_ERROR)),
+            one(k(stat::THREAD_EXITS)),
+            one(k(stat::EXIT_NOT_DEFERRED)),
+            root_rows(|r| r.cpu_seconds),
+            root_rows(|r| r.rss_bytes),
+            root_rows(|r| r.peak_rss_bytes),
+            root_rows(|r| r.descendants_started),
+            root_rows(|r| r.cpu_ratio),
+            child_rows(|r| r.cpu_seconds),
+            child_rows(|r| r.rss_bytes),
+            child_rows(|r| r.peak_rss_bytes),
+            child_rows(|r| r.descendants_started),
+            child_rows(|r| r.cpu_ratio),
+            child_rows(|r| r.lifetime_seconds),
+            child_rows(|r| if r.alive { 1.0 } else { 0.0 }),
+            one(a.child_overflowed),
+            workload_rows(|w| w.cpu_seconds),
+            workload_rows(|w| w.rss_bytes),
+            workload_rows(|w| w.processes),
+            one(a.workloads_overflowed),
+        ];
+        FAMILIES
+            .iter()
+            .zip(rows)
+            .map(|(f, rows)| build(f, rows))
+            .collect()
     }
 }
 
-type Family = (&'static str, &'static str, &'static [&'static str]);
-
-fn gauge((name, help, _): Family, value: u64) -> MetricFamily {
-    let g = IntGauge::new(name, help).unwrap();
-    g.set(value as i64);
-    g.collect().remove(0)
-}
-
-fn counter((name, help, labels): Family, rows: &[(&[&str], u64)]) -> MetricFamily {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap();
-    for (values, v) in rows {
-        c.with_label_values(values).inc_by(*v);
-    }
-    c.collect().remove(0)
+fn build(f: &Family, rows: Rows) -> MetricFamily {
+    let opts = Opts::new(f.name, f.help);
+    let mut family = match f.kind {
+        Kind::Counter => {
+            let c = CounterVec::new(opts, f.labels).unwrap();
+            for (values, v) in &rows {
+                let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                c.with_label_values(&values).inc_by(v.max(0.0));
+            }
+            c.collect()
+        }
+        Kind::Gauge => {
+            let g = GaugeVec::new(opts, f.labels).unwrap();
+            for (values, v) in &rows {
+                let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                g.with_label_values(&values).set(*v);
+            }
+            g.collect()
+        }
+    };
+    family.remove(0)
 }
 
 #[cfg(test)]
@@ -236,11 +401,27 @@ mod tests {
         };
         s.kernel[stat::RINGBUF_FULL_EXIT as usize] = 7;
         s.tree.evictions = 3;
+        s.attribution.children.push(UnitRow {
+            watch: "comm:make".into(),
+            root_pid: Some(10),
+            pid: "11".into(),
+            comm: "cc1 \"x\"\n".into(),
+            cpu_seconds: 1.5,
+            alive: true,
+            ..Default::default()
+        });
+        s.attribution.workloads.push(WorkloadRow {
+            workload: "nginx.service".into(),
+            processes: 3.0,
+            ..Default::default()
+        });
         let m = Metrics::new(Arc::new(Fixed(s)));
         m.exits.with_label_values(&["crashed"]).inc();
         let text = m.render();
         for line in [
             "procmon_processes_live 42",
+            "procmon_child_cpu_seconds_total{comm=\"cc1 \\\"x\\\"\\n\",pid=\"11\",root_pid=\"10\",watch=\"comm:make\"} 1.5",
+            "procmon_workload_processes{workload=\"nginx.service\"} 3",
             "procmon_tree_evictions_total 3",
             "procmon_events_lost_total{kind=\"exit\",reason=\"ringbuf_full\"} 7",
             "procmon_events_lost_total{kind=\"unknown\",reason=\"malformed\"} 2",

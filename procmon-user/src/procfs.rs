@@ -83,6 +83,39 @@ pub fn parse_stat(stat: &[u8]) -> Option<ProcSnapshot> {
     })
 }
 
+/// The cgroup that best names what a process belongs to, from `/proc/<pid>/cgroup`.
+pub fn read_cgroup(proc_root: &Path, pid: u32) -> Option<String> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    Some(parse_cgroup(&text))
+}
+
+/// Prefers the unified (v2) path; on hybrid hosts where everything sits in the v2 root, the
+/// v1 `memory` path (what OOM kills are constrained by), then systemd's; else "/".
+pub fn parse_cgroup(text: &str) -> String {
+    let mut v2 = None;
+    let mut memory = None;
+    let mut systemd = None;
+    for line in text.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if path == "/" {
+            continue;
+        }
+        if id == "0" && controllers.is_empty() {
+            v2 = Some(path);
+        } else if controllers.split(',').any(|c| c == "memory") {
+            memory = Some(path);
+        } else if controllers == "name=systemd" {
+            systemd = Some(path);
+        }
+    }
+    v2.or(memory).or(systemd).unwrap_or("/").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +137,16 @@ mod tests {
         assert!(parse_stat(&stat_line("z", "Z")).is_none());
         assert!(parse_stat(b"12 (x").is_none());
         assert!(parse_stat(b"").is_none());
+    }
+
+    #[test]
+    fn picks_the_most_specific_cgroup() {
+        let hybrid = "9:name=systemd:/\n4:memory:/process_api/c177\n0::/\n";
+        assert_eq!(parse_cgroup(hybrid), "/process_api/c177");
+        let unified = "0::/system.slice/nginx.service\n";
+        assert_eq!(parse_cgroup(unified), "/system.slice/nginx.service");
+        assert_eq!(parse_cgroup("0::/\n"), "/");
+        assert_eq!(parse_cgroup("garbage"), "/");
     }
 
     #[test]

@@ -42,7 +42,6 @@ impl Record {
             Record::Exit(r) => r.time_ns,
         }
     }
-
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {

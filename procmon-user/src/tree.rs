@@ -14,6 +14,7 @@ use std::{
 use procmon_common::{fork_flags, ExecRecord, ExitRecord, ForkRecord, COMM_LEN};
 
 use crate::{
+    attribution::Accounting,
     procfs::{tick_ns, ProcSnapshot},
     record::c_str,
 };
@@ -50,7 +51,7 @@ impl fmt::Debug for Comm {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Process {
     pub pid: u32,
     pub ppid: u32,
@@ -61,6 +62,8 @@ pub struct Process {
     pub exe: Option<Arc<str>>,
     /// PR_SET_CHILD_SUBREAPER was seen set on it: orphans below it are reparented to it.
     pub subreaper: bool,
+    /// Where its CPU and memory are attributed; inherited at fork.
+    pub acct: Accounting,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,7 +87,7 @@ pub struct Tree {
 
 /// Two start times name the same process if they fall in the same clock tick: /proc reports
 /// ticks, the probes report ns, and a pid cannot be reused within one tick.
-fn same_start(a: u64, b: u64) -> bool {
+pub fn same_start(a: u64, b: u64) -> bool {
     a / tick_ns() == b / tick_ns()
 }
 
@@ -107,7 +110,6 @@ impl Tree {
         self.stats
     }
 
-    #[cfg(test)]
     pub fn get(&self, pid: u32) -> Option<&Process> {
         self.procs.get(&pid)
     }
@@ -117,6 +119,18 @@ impl Tree {
         self.procs
             .get(&pid)
             .filter(|p| same_start(p.start_ns, start_ns))
+    }
+
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut Process> {
+        self.procs.get_mut(&pid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Process> {
+        self.procs.values()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Process> {
+        self.procs.values_mut()
     }
 
     pub fn children_of(&self, pid: u32) -> impl Iterator<Item = u32> + '_ {
@@ -139,9 +153,11 @@ impl Tree {
             .get_mut(&r.ppid)
             .filter(|p| same_start(p.start_ns, r.parent_start_ns));
         let mut exe = None;
+        let mut acct = Accounting::default();
         if let Some(parent) = parent {
             parent.subreaper |= r.flags & fork_flags::PARENT_IS_SUBREAPER != 0;
             exe = parent.exe.clone();
+            acct = parent.acct.inherit();
         }
         self.upsert(Process {
             pid: r.pid,
@@ -150,6 +166,7 @@ impl Tree {
             comm: Comm::from_raw(r.comm),
             exe,
             subreaper: false,
+            acct,
         });
     }
 
@@ -157,6 +174,12 @@ impl Tree {
     pub fn on_exec(&mut self, r: &ExecRecord) -> Option<Comm> {
         let old_comm = self.get_exact(r.pid, r.start_ns).map(|p| p.comm);
         let exe: Arc<str> = String::from_utf8_lossy(c_str(&r.filename)).into();
+        // Exec before any fork was seen: inherit from the parent as a fork would have.
+        let acct = self
+            .procs
+            .get(&r.ppid)
+            .map(|p| p.acct.inherit())
+            .unwrap_or_default();
         self.upsert(Process {
             pid: r.pid,
             ppid: r.ppid,
@@ -164,6 +187,7 @@ impl Tree {
             comm: Comm::from_raw(r.comm),
             exe: Some(exe),
             subreaper: false,
+            acct,
         });
         old_comm
     }
@@ -319,6 +343,7 @@ impl From<ProcSnapshot> for Process {
             comm: s.comm,
             exe: None,
             subreaper: false,
+            acct: Accounting::default(),
         }
     }
 }

@@ -1,11 +1,16 @@
 //! `cargo xtask bench`: what the agent costs the workloads it watches.
 //!
-//! Each round runs every workload once without and once with the agent, back to back, so slow
-//! drifts of the machine (thermal, noisy neighbours) hit both sides alike; medians over rounds
-//! then discard the odd outlier. Missed targets are reported, not failed: this measures.
+//! Two kinds of figures. End to end: each round runs every workload once without and once with
+//! the agent, back to back, alternating which goes first (ABBA: a drift of the machine during
+//! the bench favours neither side), and the verdict is the median of the per-round ratios; on a
+//! shared VM those still scatter by more than a few percent, so their IQR is printed as the
+//! resolution. Deterministic: the kernel's accounting of the probes' run time (bpf.rs), which
+//! does not depend on the neighbours. Missed targets are reported, not failed: this measures.
 mod agent;
+mod bpf;
 mod report;
 mod stress;
+mod table;
 
 use std::{
     fs,
@@ -20,10 +25,10 @@ use report::{Round, Row};
 #[derive(clap::Args)]
 pub struct Options {
     /// Baseline/with-agent pairs per workload.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
     /// Length of each stress-ng run.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     seconds: u32,
     /// Benchmark this agent binary (e.g. a previous release) instead of building
     /// target/release/procmon.
@@ -37,7 +42,8 @@ pub struct Workload {
     pub name: &'static str,
     pub stressor: &'static str,
     pub instances: u32,
-    /// Highest acceptable median throughput loss with the agent running, in percent.
+    /// Highest acceptable throughput loss with the agent running (from the median of the
+    /// per-round ratios), in percent.
     pub max_slowdown_percent: f64,
 }
 
@@ -63,45 +69,102 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     };
     let log_dir = root.join("target/bench");
     fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
+    // Restores the previous setting when dropped, on success and on error alike.
+    let _bpf_stats = bpf::StatsEnabled::enable()?;
 
     let mut rounds: Vec<Vec<Round>> = WORKLOADS.iter().map(|_| Vec::new()).collect();
     for round in 1..=options.rounds {
+        let agent_first = round % 2 == 0;
         for (workload, results) in WORKLOADS.iter().zip(&mut rounds) {
-            eprintln!("\n==> round {round}/{}: {}", options.rounds, workload.name);
-            let baseline = stress::run(workload, options.seconds)?;
-            eprintln!("baseline: {baseline:.2} bogo ops/s");
-
+            let order = if agent_first {
+                "agent first"
+            } else {
+                "baseline first"
+            };
+            eprintln!(
+                "\n==> round {round}/{}: {} ({order})",
+                options.rounds, workload.name
+            );
             let log = log_dir.join(format!("agent-{}-{round}.log", workload.stressor));
-            let agent = agent::Agent::start(&agent_bin, &log)?;
-            let cpu_before = agent.cpu_seconds()?;
-            let with_agent = stress::run(workload, options.seconds)?;
-            let lost_events = agent.lost_events()?;
-            let agent_cpu_seconds = agent.cpu_seconds()? - cpu_before;
-            agent.stop()?;
-            eprintln!("with agent: {with_agent:.2} bogo ops/s, {lost_events} events lost, agent CPU {agent_cpu_seconds:.2} s");
-
+            let baseline_run = || -> Result<stress::Throughput> {
+                let baseline = stress::run(workload, options.seconds)?;
+                bpf::interrupted()?;
+                eprintln!("baseline: {:.2} bogo ops/s", baseline.ops_per_second);
+                Ok(baseline)
+            };
+            let agent_run = || with_agent(&agent_bin, &log, workload, options.seconds);
+            // A tuple's elements are evaluated left to right: the second branch runs the
+            // baseline first.
+            let (baseline, agent_run) = if agent_first {
+                let agent_run = agent_run()?;
+                (baseline_run()?, agent_run)
+            } else {
+                (baseline_run()?, agent_run()?)
+            };
             results.push(Round {
+                agent_first,
                 baseline,
-                with_agent,
-                lost_events,
-                agent_cpu_seconds,
+                with_agent: agent_run.throughput,
+                lost_events: agent_run.lost_events,
+                agent_cpu_seconds: agent_run.agent_cpu_seconds,
+                probes: agent_run.probes,
             });
         }
     }
 
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let mut summary: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     for (workload, results) in WORKLOADS.iter().zip(&rounds) {
         println!(
-            "\n{} (stress-ng --{} {}, {} s per run)",
+            "\n{} (stress-ng --{} {}, {} s per run, {cores} cores)",
             workload.name, workload.stressor, workload.instances, options.seconds
         );
         report::print_rounds(results);
-        summary.extend(report::summarize(workload, results));
+        println!("\nprobe cost from the kernel's BPF stats (mean per with-agent storm)");
+        report::print_probes(results);
+        summary.extend(report::summarize(workload, results, cores));
+        notes.extend(report::noise_note(workload, results));
     }
     println!(
-        "\nsummary (medians over {} rounds; agent CPU is measured while stress-ng runs)",
+        "\nsummary over {} rounds (throughput: end to end, noisy; probe CPU: deterministic)",
         options.rounds
     );
     report::print_summary(&summary);
+    for note in notes {
+        println!("note: {note}");
+    }
     Ok(())
+}
+
+/// One storm with the agent running: its throughput, and what the agent cost meanwhile.
+struct AgentRun {
+    throughput: stress::Throughput,
+    lost_events: f64,
+    agent_cpu_seconds: f64,
+    probes: Vec<bpf::ProbeCost>,
+}
+
+fn with_agent(bin: &Path, log: &Path, workload: &Workload, seconds: u32) -> Result<AgentRun> {
+    let agent = agent::Agent::start(bin, log)?;
+    // Snapshots right around the storm: the probe counters accumulate from load time.
+    let probes_before = bpf::snapshot(agent.pid())?;
+    let cpu_before = agent.cpu_seconds()?;
+    let throughput = stress::run(workload, seconds)?;
+    bpf::interrupted()?;
+    let agent_cpu_seconds = agent.cpu_seconds()? - cpu_before;
+    let probes = bpf::difference(&probes_before, &bpf::snapshot(agent.pid())?);
+    let lost_events = agent.lost_events()?;
+    agent.stop()?;
+    let probe_seconds: f64 = probes.iter().map(|p| p.run_time_ns as f64 / 1e9).sum();
+    eprintln!(
+        "with agent: {:.2} bogo ops/s, {lost_events} events lost, agent CPU {agent_cpu_seconds:.2} s, probe CPU {probe_seconds:.4} s",
+        throughput.ops_per_second
+    );
+    Ok(AgentRun {
+        throughput,
+        lost_events,
+        agent_cpu_seconds,
+        probes,
+    })
 }

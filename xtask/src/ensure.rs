@@ -37,7 +37,7 @@ impl Need {
                 "the end-to-end tests check /metrics with promtool",
             ),
             Need::Bench => (
-                &["stress-ng"],
+                &["stress-ng", "bpftool"],
                 "the benchmarks generate fork storms with stress-ng",
             ),
         }

@@ -10,14 +10,9 @@ use procmon_common::{exit_flags, kind, stat, ExitRecord, KernelOffsets, RecordHe
 
 use crate::{
     count, offsets,
-    task::{parent_identity, Kptr},
+    task::{mm_rss, parent_identity, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
     wakeup_flags, EVENTS, PENDING_EXITS,
 };
-
-/// `enum mm_counter_type` indexes; the order has been stable since Linux 4.5.
-const MM_FILEPAGES: u32 = 0;
-const MM_ANONPAGES: u32 = 1;
-const MM_SHMEMPAGES: u32 = 3;
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
@@ -39,15 +34,6 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let tid: u32 = task.read(o.task_pid);
     let (ppid, parent_start_ns) = parent_identity(leader, &o);
     let mm = task.ptr(o.task_mm);
-    let rss = |index: u32| -> u64 {
-        if mm.0.is_null() {
-            return 0;
-        }
-        // The percpu_counter's global count: per-CPU deltas not yet folded in (a few
-        // hundred KiB at most) are missed.
-        mm.read::<i64>(o.mm_rss_stat + index * o.mm_rss_stride)
-            .max(0) as u64
-    };
     let mut record = ExitRecord {
         header: RecordHeader::new(kind::EXIT, core::mem::size_of::<ExitRecord>()),
         time_ns: unsafe { bpf_ktime_get_boot_ns() },
@@ -62,9 +48,9 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         } else {
             mm.read(o.mm_hiwater_rss)
         },
-        rss_file_pages: rss(MM_FILEPAGES),
-        rss_anon_pages: rss(MM_ANONPAGES),
-        rss_shmem_pages: rss(MM_SHMEMPAGES),
+        rss_file_pages: mm_rss(mm, MM_FILEPAGES, &o),
+        rss_anon_pages: mm_rss(mm, MM_ANONPAGES, &o),
+        rss_shmem_pages: mm_rss(mm, MM_SHMEMPAGES, &o),
         pid: task.read(o.task_tgid),
         tid,
         ppid,

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod reader;
+pub mod sampler;
 
 use std::path::Path;
 
@@ -67,6 +68,9 @@ pub struct Probes {
     pub stats: PerCpuArray<MapData, u64>,
 }
 
+/// The task iterator used for live sampling (kernel/sampler.rs).
+pub const SAMPLE_PROGRAM: &str = "sample_tasks";
+
 /// sched_switch completes exit records at the dying thread's last context switch
 /// (procmon-ebpf/src/probes/switch.rs); it is attached first so no exit waits forever.
 const PROGRAMS: [&str; 4] = [
@@ -102,6 +106,20 @@ pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
         };
         attach(&mut ebpf).map_err(|source| KernelError::Attach { tracepoint, source })?;
     }
+    let sampler: &mut aya::programs::Iter = ebpf
+        .program_mut(SAMPLE_PROGRAM)
+        .expect("program compiled into the object")
+        .try_into()
+        .map_err(|source| KernelError::Attach {
+            tracepoint: "iter/task",
+            source,
+        })?;
+    sampler
+        .load("task", &kernel_btf)
+        .map_err(|source| KernelError::Attach {
+            tracepoint: "iter/task",
+            source,
+        })?;
     let events = ebpf
         .take_map("EVENTS")
         .and_then(|m| RingBuf::try_from(m).ok())

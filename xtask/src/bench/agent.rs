@@ -87,6 +87,10 @@ impl Agent {
         sum_metric(&body, "procmon_events_lost_total")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// User plus system CPU time the agent has used so far.
     pub fn cpu_seconds(&self) -> Result<f64> {
         let path = format!("/proc/{}/stat", self.child.id());

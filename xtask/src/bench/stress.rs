@@ -6,8 +6,19 @@ use anyhow::{bail, Context, Result};
 use super::Workload;
 use crate::cmd;
 
-/// Runs the workload once and returns its bogo ops per second of wall-clock time.
-pub fn run(workload: &Workload, seconds: u32) -> Result<f64> {
+/// What one stress-ng run achieved.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Throughput {
+    /// Bogo ops in total (for the fork stressor: forks); the denominator of probe cost per op.
+    pub ops: f64,
+    /// Wall-clock length of the run as stress-ng measured it, in seconds.
+    pub seconds: f64,
+    /// Bogo ops per second of wall-clock time.
+    pub ops_per_second: f64,
+}
+
+/// Runs the workload once and returns what it achieved.
+pub fn run(workload: &Workload, seconds: u32) -> Result<Throughput> {
     let mut stress = Command::new("stress-ng");
     stress
         .arg(format!("--{}", workload.stressor))
@@ -30,7 +41,7 @@ pub fn run(workload: &Workload, seconds: u32) -> Result<f64> {
             out.status
         );
     }
-    parse_ops_per_second(&text, workload.stressor).with_context(|| {
+    parse_metrics(&text, workload.stressor).with_context(|| {
         format!(
             "cannot find the {} throughput in stress-ng's output:\n{text}",
             workload.stressor
@@ -38,7 +49,8 @@ pub fn run(workload: &Workload, seconds: u32) -> Result<f64> {
     })
 }
 
-/// Reads the "bogo ops/s (real time)" column of the stressor's `--metrics-brief` line. stress-ng
+/// Reads bogo ops, real time and "bogo ops/s (real time)" from the stressor's `--metrics-brief`
+/// line. stress-ng
 /// 0.15 prints (0.13 says `info:` where 0.15 says `metrc:`):
 ///
 /// ```text
@@ -46,7 +58,7 @@ pub fn run(workload: &Workload, seconds: u32) -> Result<f64> {
 /// stress-ng: metrc: [5554]                           (secs)    (secs)    (secs)   (real time) (usr+sys time)
 /// stress-ng: metrc: [5554] fork               7383      2.00      1.90      2.01      3691.10        1885.16
 /// ```
-fn parse_ops_per_second(output: &str, stressor: &str) -> Result<f64> {
+fn parse_metrics(output: &str, stressor: &str) -> Result<Throughput> {
     for line in output.lines() {
         let Some((_, metrics)) = line.split_once("] ") else {
             continue;
@@ -54,9 +66,16 @@ fn parse_ops_per_second(output: &str, stressor: &str) -> Result<f64> {
         let fields: Vec<&str> = metrics.split_whitespace().collect();
         // stressor, bogo ops, real time, usr time, sys time, bogo ops/s (real time), ...
         if fields.len() >= 6 && fields[0] == stressor {
-            return fields[5]
-                .parse()
-                .with_context(|| format!("bad bogo ops/s in {line:?}"));
+            let number = |i: usize| -> Result<f64> {
+                fields[i]
+                    .parse()
+                    .with_context(|| format!("bad number {:?} in {line:?}", fields[i]))
+            };
+            return Ok(Throughput {
+                ops: number(1)?,
+                seconds: number(2)?,
+                ops_per_second: number(5)?,
+            });
         }
     }
     bail!("no `{stressor}` metrics line (was --metrics-brief passed?)")
@@ -77,21 +96,25 @@ stress-ng: info:  [5554] successful run completed in 2.00s
 
     #[test]
     fn reads_real_time_throughput() {
-        assert_eq!(parse_ops_per_second(OUTPUT_0_15, "fork").unwrap(), 3691.10);
+        assert_eq!(
+            parse_metrics(OUTPUT_0_15, "fork").unwrap(),
+            Throughput {
+                ops: 7383.0,
+                seconds: 2.0,
+                ops_per_second: 3691.10
+            }
+        );
     }
 
     #[test]
     fn older_info_prefix() {
         let old = "stress-ng: info:  [77] fork  100  1.00  0.50  0.50  100.00  100.00\n";
-        assert_eq!(parse_ops_per_second(old, "fork").unwrap(), 100.0);
+        assert_eq!(parse_metrics(old, "fork").unwrap().ops_per_second, 100.0);
     }
 
     #[test]
     fn missing_stressor_is_an_error() {
-        assert!(parse_ops_per_second(OUTPUT_0_15, "exec").is_err());
-        assert!(
-            parse_ops_per_second("stress-ng: info:  [1] dispatching hogs: 2 fork\n", "fork")
-                .is_err()
-        );
+        assert!(parse_metrics(OUTPUT_0_15, "exec").is_err());
+        assert!(parse_metrics("stress-ng: info:  [1] dispatching hogs: 2 fork\n", "fork").is_err());
     }
 }

@@ -1,0 +1,361 @@
+//! Command line and config file. Flags override the config file, which overrides defaults;
+//! every value is validated before anything starts (bad input exits 2).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::{
+    agent::PipelineConfig,
+    attribution::{AttributionConfig, Selector},
+    events::EventKind,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "procmon",
+    version,
+    about = "eBPF process lifecycle tracer: process tree, CPU/RSS attribution, crash and OOM events"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Trace every process on the host; serve /metrics and /healthz, optionally write events.
+    Agent(AgentArgs),
+    /// Run a command and report every process it spawned: CPU, peak RSS, lifetime, outcome.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Address for the HTTP endpoints (/metrics, /healthz) [default: 127.0.0.1:9464]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Write events as JSON lines to FILE (appended), or to stdout with `-`.
+    #[arg(long, value_name = "FILE|-")]
+    pub events: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Also write the report as one JSON document to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Serve /metrics and /healthz while the command runs.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct CommonArgs {
+    /// Read settings from a TOML file; flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Watch processes: their direct children get their own series, with everything their
+    /// subtrees use rolled in. pid:N, comm:NAME, exe:PATH or cgroup:PATH; repeatable.
+    #[arg(long = "watch", value_name = "SELECTOR")]
+    pub watch: Vec<Selector>,
+    /// Event kinds to write with --events, comma-separated [default: fork,exec,exit]
+    #[arg(long, value_name = "KINDS", value_delimiter = ',')]
+    pub event_kinds: Option<Vec<EventKind>>,
+    /// How often live processes' CPU and RSS are sampled, e.g. 1s, 500ms [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_sample_interval)]
+    pub sample_interval: Option<Duration>,
+    /// How long an exited child of a watched process keeps its series [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub retain_exited: Option<Duration>,
+    /// Most child series across all watched processes; the rest share pid="_other" [default: 1000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_child_series: Option<u64>,
+    /// Most workload series; the rest share workload="_other" [default: 500]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_workloads: Option<u64>,
+    /// Most processes the tree tracks; beyond it the oldest are evicted (and counted) [default: 65536]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
+    pub max_processes: Option<u64>,
+    /// How often the tree is reconciled against /proc, e.g. 30s, 5m [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_reconcile_interval)]
+    pub reconcile_interval: Option<Duration>,
+    /// Kernel ring-buffer size in bytes: a power of two, 64 KiB to 1 GiB [default: 8388608]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ringbuf_bytes)]
+    pub ringbuf_bytes: Option<u32>,
+}
+
+/// The config file: the same settings as the flags, by the same names with `_`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<String>,
+    pub events: Option<PathBuf>,
+    pub event_kinds: Option<Vec<String>>,
+    #[serde(default)]
+    pub watch: Vec<String>,
+    pub sample_interval: Option<String>,
+    pub retain_exited: Option<String>,
+    pub max_child_series: Option<u64>,
+    pub max_workloads: Option<u64>,
+    pub max_processes: Option<u64>,
+    pub reconcile_interval: Option<String>,
+    pub ringbuf_bytes: Option<u32>,
+}
+
+/// Settings resolved from flags, config file and defaults.
+pub struct Settings {
+    pub listen: Option<SocketAddr>,
+    pub events: Option<PathBuf>,
+    pub pipeline: PipelineConfig,
+}
+
+impl CommonArgs {
+    /// Merges flags over the config file over defaults. Errors name the setting and say
+    /// what is expected.
+    pub fn resolve(
+        self,
+        listen: Option<SocketAddr>,
+        events: Option<PathBuf>,
+    ) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str::<ConfigFile>(&text)
+                    .map_err(|e| format!("config file {}: {}", path.display(), e.message()))?
+            }
+            None => ConfigFile::default(),
+        };
+        let from_file = |key: &str,
+                         value: &Option<String>,
+                         parse: fn(&str) -> Result<Duration, String>|
+         -> Result<Option<Duration>, String> {
+            value
+                .as_deref()
+                .map(parse)
+                .transpose()
+                .map_err(|e| format!("config `{key}`: {e}"))
+        };
+        let mut watch = file
+            .watch
+            .iter()
+            .map(|s| {
+                s.parse::<Selector>()
+                    .map_err(|e| format!("config `watch`: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        watch.extend(self.watch);
+        let event_kinds = match (self.event_kinds, file.event_kinds) {
+            (Some(k), _) => k,
+            (None, Some(k)) => k
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("config `event_kinds`: {e}"))?,
+            (None, None) => EventKind::ALL.to_vec(),
+        };
+        let listen = match (listen, &file.listen) {
+            (Some(l), _) => Some(l),
+            (None, Some(l)) => Some(
+                l.parse()
+                    .map_err(|_| format!("config `listen`: `{l}` is not ADDR:PORT"))?,
+            ),
+            (None, None) => None,
+        };
+        let ringbuf_bytes = match (self.ringbuf_bytes, file.ringbuf_bytes) {
+            (Some(n), _) => n,
+            (None, Some(n)) => parse_ringbuf_bytes(&n.to_string())
+                .map_err(|e| format!("config `ringbuf_bytes`: {e}"))?,
+            (None, None) => 8 << 20,
+        };
+        let sample_interval = self
+            .sample_interval
+            .or(from_file(
+                "sample_interval",
+                &file.sample_interval,
+                parse_sample_interval,
+            )?)
+            .unwrap_or(Duration::from_secs(1));
+        let retain_exited = self
+            .retain_exited
+            .or(from_file(
+                "retain_exited",
+                &file.retain_exited,
+                parse_duration,
+            )?)
+            .unwrap_or(Duration::from_secs(300));
+        let reconcile_interval = self
+            .reconcile_interval
+            .or(from_file(
+                "reconcile_interval",
+                &file.reconcile_interval,
+                parse_reconcile_interval,
+            )?)
+            .unwrap_or(Duration::from_secs(30));
+        Ok(Settings {
+            listen,
+            events: events.or(file.events),
+            pipeline: PipelineConfig {
+                max_processes: self.max_processes.or(file.max_processes).unwrap_or(65536) as usize,
+                reconcile_interval,
+                sample_interval,
+                ringbuf_bytes,
+                event_kinds,
+                attribution: AttributionConfig {
+                    selectors: watch,
+                    retain_exited_ns: retain_exited.as_nanos() as u64,
+                    max_child_series: self
+                        .max_child_series
+                        .or(file.max_child_series)
+                        .unwrap_or(1000) as usize,
+                    max_workloads: self.max_workloads.or(file.max_workloads).unwrap_or(500)
+                        as usize,
+                },
+            },
+        })
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (examples: 500ms, 30s, 5m)"))
+}
+
+fn parse_sample_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("`{s}`: must be at least 100ms"));
+    }
+    Ok(d)
+}
+
+fn parse_reconcile_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("`{s}`: must be at least 1s"));
+    }
+    Ok(d)
+}
+
+fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count"))?;
+    if !n.is_power_of_two() || !(64 << 10..=1 << 30).contains(&n) {
+        return Err("must be a power of two between 65536 and 1073741824".into());
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(args: &[&str]) -> CommonArgs {
+        let mut argv = vec!["procmon", "agent"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Agent(a) => a.common,
+            Command::Run(_) => unreachable!(),
+        }
+    }
+
+    fn config(text: &str) -> (tempfile_path::Guard, String) {
+        let g = tempfile_path::Guard::new(text);
+        let p = g.path();
+        (g, p)
+    }
+
+    /// A config file in the temp dir, removed on drop.
+    mod tempfile_path {
+        pub struct Guard(std::path::PathBuf);
+        impl Guard {
+            pub fn new(text: &str) -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir()
+                    .join(format!("procmon-cli-test-{}-{n}.toml", std::process::id()));
+                std::fs::write(&p, text).unwrap();
+                Guard(p)
+            }
+            pub fn path(&self) -> String {
+                self.0.display().to_string()
+            }
+        }
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn flags_override_the_config_file_and_watches_add_up() {
+        let (_g, path) =
+            config("watch = [\"comm:make\"]\nsample_interval = \"2s\"\nmax_child_series = 7\n");
+        let s = common(&[
+            "--config",
+            &path,
+            "--watch",
+            "pid:5",
+            "--sample-interval",
+            "500ms",
+        ])
+        .resolve(None, None)
+        .unwrap();
+        assert_eq!(s.pipeline.sample_interval, Duration::from_millis(500));
+        assert_eq!(s.pipeline.attribution.max_child_series, 7);
+        let watch: Vec<String> = s
+            .pipeline
+            .attribution
+            .selectors
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(watch, ["comm:make", "pid:5"]);
+    }
+
+    #[test]
+    fn bad_config_values_are_named() {
+        for (text, needle) in [
+            ("bogus = 1\n", "unknown field `bogus`"),
+            ("watch = [\"make\"]\n", "config `watch`"),
+            ("sample_interval = \"10ms\"\n", "config `sample_interval`"),
+            ("ringbuf_bytes = 1000\n", "config `ringbuf_bytes`"),
+            ("listen = \"nope\"\n", "config `listen`"),
+        ] {
+            let (_g, path) = config(text);
+            let err = common(&["--config", &path])
+                .resolve(None, None)
+                .err()
+                .unwrap();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+        let err = common(&["--config", "/nonexistent.toml"])
+            .resolve(None, None)
+            .err()
+            .unwrap();
+        assert!(err.contains("cannot read config file"), "{err}");
+    }
+
+    #[test]
+    fn bad_flags_are_rejected_by_the_parser() {
+        for args in [
+            &["--watch", "bogus"][..],
+            &["--sample-interval", "1ms"],
+            &["--ringbuf-bytes", "1000"],
+        ] {
+            let mut argv = vec!["procmon", "agent"];
+            argv.extend(args);
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
+        }
+    }
+}

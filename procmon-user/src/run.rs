@@ -1,0 +1,484 @@
+//! `procmon run -- CMD`: runs a command as the watched root and, when it exits, reports every
+//! process it spawned (even those that lived a millisecond) with CPU, peak RSS, lifetime and
+//! outcome, as a tree on stderr and optionally as one JSON document.
+
+use std::{collections::HashMap, fmt::Write as _, sync::Arc};
+
+use procmon_common::ExitRecord;
+use serde::Serialize;
+
+use crate::{
+    events::{ExitStatus, Outcome},
+    ingest::{peak_rss_bytes, split_cpu},
+    tree::{same_start, Comm, Process, Tree},
+};
+
+#[derive(Debug, Clone)]
+struct Exited {
+    time_ns: u64,
+    status: ExitStatus,
+    user_ns: u64,
+    system_ns: u64,
+    peak_rss_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    pid: u32,
+    ppid: u32,
+    start_ns: u64,
+    comm: Comm,
+    exe: Option<Arc<str>>,
+    exit: Option<Exited>,
+}
+
+/// Every process of one command's tree, exited ones included. Fed by the ingest path.
+pub struct RunLog {
+    root_pid: u32,
+    entries: Vec<Entry>,
+    /// pid → entry, for processes of the run that are still alive.
+    live: HashMap<u32, usize>,
+}
+
+impl RunLog {
+    /// Starts logging the tree rooted at `root_pid` (already forked, not yet exec'd).
+    pub fn new(root_pid: u32, tree: &Tree) -> Self {
+        let mut log = Self {
+            root_pid,
+            entries: Vec::new(),
+            live: HashMap::new(),
+        };
+        if let Some(p) = tree.get(root_pid) {
+            log.add(p);
+        }
+        log
+    }
+
+    pub fn on_fork(&mut self, tree: &Tree, pid: u32) {
+        let Some(p) = tree.get(pid) else { return };
+        if self.live.contains_key(&p.ppid) || (pid == self.root_pid && self.entries.is_empty()) {
+            self.add(p);
+        }
+    }
+
+    pub fn on_exec(&mut self, tree: &Tree, pid: u32) {
+        let (Some(&i), Some(p)) = (self.live.get(&pid), tree.get(pid)) else {
+            return;
+        };
+        let entry = &mut self.entries[i];
+        if same_start(entry.start_ns, p.start_ns) {
+            entry.comm = p.comm;
+            entry.exe = p.exe.clone();
+        }
+    }
+
+    pub fn on_exit(&mut self, _gone: Option<&Process>, r: &ExitRecord, status: ExitStatus) {
+        let Some(&i) = self.live.get(&r.pid) else {
+            return;
+        };
+        if !same_start(self.entries[i].start_ns, r.start_ns) {
+            return;
+        }
+        self.live.remove(&r.pid);
+        let (user_ns, system_ns) = split_cpu(r.runtime_ns, r.utime_ns, r.stime_ns);
+        let entry = &mut self.entries[i];
+        entry.comm = Comm::from_raw(r.comm);
+        entry.exit = Some(Exited {
+            time_ns: r.time_ns,
+            status,
+            user_ns,
+            system_ns,
+            peak_rss_bytes: peak_rss_bytes(r),
+        });
+    }
+
+    pub fn root_exited(&self) -> bool {
+        self.entries.first().is_some_and(|e| e.exit.is_some())
+    }
+
+    fn add(&mut self, p: &Process) {
+        self.live.insert(p.pid, self.entries.len());
+        self.entries.push(Entry {
+            pid: p.pid,
+            ppid: p.ppid,
+            start_ns: p.start_ns,
+            comm: p.comm,
+            exe: p.exe.clone(),
+            exit: None,
+        });
+    }
+
+    /// The report: a tree of every process, with the live ones' latest samples.
+    pub fn report(&self, tree: &Tree, now_ns: u64) -> Option<Node> {
+        let nodes: Vec<Node> = self
+            .entries
+            .iter()
+            .map(|e| Node::from_entry(e, tree, now_ns))
+            .collect();
+        // Children by parent entry: the live parent with that pid that started before.
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+        for (i, e) in self.entries.iter().enumerate().skip(1) {
+            let parent = (0..i)
+                .rev()
+                .find(|&j| self.entries[j].pid == e.ppid && self.entries[j].start_ns <= e.start_ns);
+            if let Some(j) = parent {
+                children[j].push(i);
+            }
+        }
+        let mut nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+        // Entries are in start order, so children always come after their parent: build
+        // subtrees from the back.
+        for i in (0..nodes.len()).rev() {
+            let mut kids: Vec<Node> = children[i]
+                .iter()
+                .filter_map(|&c| nodes[c].take())
+                .collect();
+            kids.sort_by(|a, b| b.subtree.cpu_seconds.total_cmp(&a.subtree.cpu_seconds));
+            if let Some(node) = nodes[i].as_mut() {
+                for k in &kids {
+                    node.subtree.processes += k.subtree.processes;
+                    node.subtree.cpu_seconds += k.subtree.cpu_seconds;
+                    node.subtree.peak_rss_bytes =
+                        node.subtree.peak_rss_bytes.max(k.subtree.peak_rss_bytes);
+                }
+                node.children = kids;
+            }
+        }
+        nodes.into_iter().next().flatten()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Subtree {
+    /// This process and all its descendants.
+    pub processes: u64,
+    pub cpu_seconds: f64,
+    /// The largest peak of any single process in the subtree.
+    pub peak_rss_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub lifetime_seconds: f64,
+    pub running: bool,
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<u8>,
+    pub signal: Option<u8>,
+    pub cpu_user_seconds: f64,
+    pub cpu_system_seconds: f64,
+    pub peak_rss_bytes: u64,
+    pub subtree: Subtree,
+    pub children: Vec<Node>,
+}
+
+impl Node {
+    fn from_entry(e: &Entry, tree: &Tree, now_ns: u64) -> Node {
+        let (end_ns, user, system, peak, status) = match &e.exit {
+            Some(x) => (
+                x.time_ns,
+                x.user_ns,
+                x.system_ns,
+                x.peak_rss_bytes,
+                Some(x.status),
+            ),
+            // Still running: its latest sample (CPU is not split for live processes).
+            None => {
+                let live = tree
+                    .get(e.pid)
+                    .filter(|p| same_start(p.start_ns, e.start_ns))
+                    .map(|p| p.acct.live)
+                    .unwrap_or_default();
+                (now_ns, live.cpu_ns, 0, live.rss_bytes, None)
+            }
+        };
+        let cpu_seconds = (user + system) as f64 / 1e9;
+        Node {
+            pid: e.pid,
+            ppid: e.ppid,
+            comm: e.comm.to_lossy(),
+            exe: e.exe.as_deref().map(str::to_string),
+            lifetime_seconds: end_ns.saturating_sub(e.start_ns) as f64 / 1e9,
+            running: status.is_none(),
+            outcome: status.map(|s| s.outcome()),
+            exit_code: status.and_then(|s| s.code),
+            signal: status.and_then(|s| s.signal),
+            cpu_user_seconds: user as f64 / 1e9,
+            cpu_system_seconds: system as f64 / 1e9,
+            peak_rss_bytes: peak,
+            subtree: Subtree {
+                processes: 1,
+                cpu_seconds,
+                peak_rss_bytes: peak,
+            },
+            children: Vec::new(),
+        }
+    }
+}
+
+/// The whole `--json` document.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub command: Vec<String>,
+    /// What procmon exits with: the command's exit code, or 128 + the signal that killed it.
+    pub status: i32,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub duration_seconds: f64,
+    pub root: Option<Node>,
+}
+
+/// The human-readable tree for stderr: expensive branches first.
+pub fn render_text(report: &RunReport) -> String {
+    let mut out = String::new();
+    let how = match (report.exit_code, report.signal) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "ended".to_string(),
+    };
+    let _ = write!(
+        out,
+        "procmon: `{}` {how} after {:.2}s",
+        report.command.join(" "),
+        report.duration_seconds
+    );
+    let Some(root) = &report.root else {
+        out.push_str(" (its processes were not observed)\n");
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        ": {} processes, {:.3}s CPU, largest peak RSS {}",
+        root.subtree.processes,
+        root.subtree.cpu_seconds,
+        bytes(root.subtree.peak_rss_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "{:>8} {:>9} {:>9} {:>9} {:>10} {:<10} {:>10} {:>6}  COMMAND",
+        "PID", "LIFETIME", "CPU USER", "CPU SYS", "PEAK RSS", "OUTCOME", "SUBTREE", "PROCS"
+    );
+    render_node(&mut out, root, "", "");
+    out
+}
+
+fn render_node(out: &mut String, n: &Node, prefix: &str, child_prefix: &str) {
+    let outcome = if n.running {
+        "running"
+    } else {
+        n.outcome.map_or("?", |o| o.as_str())
+    };
+    let _ = writeln!(
+        out,
+        "{:>8} {:>8.3}s {:>8.3}s {:>8.3}s {:>10} {:<10} {:>9.3}s {:>6}  {prefix}{}",
+        n.pid,
+        n.lifetime_seconds,
+        n.cpu_user_seconds,
+        n.cpu_system_seconds,
+        bytes(n.peak_rss_bytes),
+        outcome,
+        n.subtree.cpu_seconds,
+        n.subtree.processes,
+        n.comm.escape_debug()
+    );
+    for (i, c) in n.children.iter().enumerate() {
+        let last = i + 1 == n.children.len();
+        let (branch, cont) = if last {
+            ("└─ ", "   ")
+        } else {
+            ("├─ ", "│  ")
+        };
+        render_node(
+            out,
+            c,
+            &format!("{child_prefix}{branch}"),
+            &format!("{child_prefix}{cont}"),
+        );
+    }
+}
+
+fn bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::{comm, exec, exit, fork};
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn reports_the_whole_tree_with_totals_and_expensive_branches_first() {
+        let mut tree = Tree::new(100);
+        tree.on_fork(&fork(10, 1, SEC));
+        let mut log = RunLog::new(10, &tree);
+        let ex = exec(10, 1, SEC, b"make", b"/usr/bin/make");
+        tree.on_exec(&ex);
+        log.on_exec(&tree, 10);
+        for (pid, start) in [(11, 2), (12, 3)] {
+            tree.on_fork(&fork(pid, 10, start * SEC));
+            log.on_fork(&tree, pid);
+        }
+        tree.on_fork(&fork(13, 12, 4 * SEC));
+        log.on_fork(&tree, 13);
+        tree.on_fork(&fork(99, 1, 4 * SEC)); // not ours
+        log.on_fork(&tree, 99);
+        for (pid, start, status, runtime) in [
+            (13, 4, 0, 5 * SEC),
+            (12, 3, 11, SEC),
+            (11, 2, 3 << 8, 2 * SEC),
+            (10, 1, 0, 0),
+        ] {
+            let mut r = exit(pid, 0, start * SEC, status);
+            r.runtime_ns = runtime;
+            r.stime_ns = 0;
+            r.comm = comm(if pid == 10 { b"make" } else { b"cc" });
+            let gone = tree.on_exit(&r);
+            log.on_exit(gone.as_ref(), &r, ExitStatus::from_raw(status));
+        }
+        assert!(log.root_exited());
+        let root = log.report(&tree, 10 * SEC).unwrap();
+        assert_eq!((root.comm.as_str(), root.subtree.processes), ("make", 4));
+        assert!((root.subtree.cpu_seconds - 8.0).abs() < 1e-9);
+        let pids: Vec<u32> = root.children.iter().map(|c| c.pid).collect();
+        assert_eq!(pids, vec![12, 11], "12's subtree (6 s) before 11 (2 s)");
+        assert_eq!(root.children[0].outcome, Some(Outcome::Crashed));
+        assert_eq!(root.children[1].exit_code, Some(3));
+        let text = render_text(&RunReport {
+            command: vec!["make".into()],
+            status: 0,
+            exit_code: Some(0),
+            signal: None,
+            duration_seconds: 1.0,
+            root: Some(root),
+        });
+        assert!(text.contains("4 processes"), "{text}");
+        assert!(text.contains("└─ cc"), "{text}");
+    }
+}
+
+/// `procmon run`: starts the pipeline, runs the command as a watched root, reports.
+pub async fn execute(
+    settings: crate::cli::Settings,
+    command: Vec<String>,
+    json: Option<std::path::PathBuf>,
+) -> anyhow::Result<u8> {
+    use anyhow::Context;
+    use std::os::unix::process::ExitStatusExt;
+    use tokio::signal::unix::{signal, SignalKind};
+
+    crate::kernel::check_privileges()?;
+    // Fail before running anything if the report cannot be written.
+    let json_file = json
+        .as_ref()
+        .map(|p| {
+            std::fs::File::create(p)
+                .with_context(|| format!("cannot create --json file {}", p.display()))
+        })
+        .transpose()?;
+    let listener = match settings.listen {
+        Some(addr) => Some(crate::agent::bind(addr).await?),
+        None => None,
+    };
+    let pipeline = crate::agent::Pipeline::start(settings.pipeline, listener, None).await?;
+
+    // The command is spawned with the state locked: the reader cannot apply its fork (or
+    // anything it forks) before it is watched, and the command never waits on procmon.
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    let started = std::time::Instant::now();
+    let spawned = {
+        let mut state = pipeline.shared.lock();
+        cmd.spawn().map(|child| {
+            let crate::ingest::State {
+                tree,
+                attribution,
+                run_log,
+            } = &mut *state;
+            attribution.watch_pid(tree, child.id());
+            *run_log = Some(RunLog::new(child.id(), tree));
+            child
+        })
+    };
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            pipeline.stop().await?;
+            eprintln!("procmon: cannot run `{}`: {e}", command[0]);
+            // What shells return for a command that cannot be found or executed.
+            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
+    let pid = child.id();
+
+    // Ctrl-C and SIGTERM go to the command; procmon reports once it is gone.
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let wait = tokio::task::spawn_blocking(move || child.wait());
+    tokio::pin!(wait);
+    let status = loop {
+        tokio::select! {
+            status = &mut wait => break status?.context("waiting for the command failed")?,
+            _ = int.recv() => unsafe { libc::kill(pid as i32, libc::SIGINT); },
+            _ = term.recv() => unsafe { libc::kill(pid as i32, libc::SIGTERM); },
+        }
+    };
+    let duration = started.elapsed();
+    // Its exit record is sent at its final context switch and read within a drain interval.
+    for _ in 0..300 {
+        if pipeline
+            .shared
+            .lock()
+            .run_log
+            .as_ref()
+            .is_some_and(RunLog::root_exited)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let shared = pipeline.shared.clone();
+    pipeline.stop().await?;
+    let root = {
+        let state = shared.lock();
+        state
+            .run_log
+            .as_ref()
+            .and_then(|log| log.report(&state.tree, crate::clock::boottime_ns()))
+    };
+    let (exit_code, signal) = (status.code(), status.signal());
+    let code = exit_code.unwrap_or_else(|| 128 + signal.unwrap_or(0));
+    let report = RunReport {
+        command,
+        status: code,
+        exit_code,
+        signal,
+        duration_seconds: duration.as_secs_f64(),
+        root,
+    };
+    eprint!("{}", render_text(&report));
+    if let (Some(file), Some(path)) = (json_file, json) {
+        serde_json::to_writer_pretty(std::io::BufWriter::new(file), &report)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(code.clamp(0, 255) as u8)
+}

@@ -1,0 +1,300 @@
+//! What the agent's probes cost, from the kernel's own accounting. With
+//! kernel.bpf_stats_enabled=1 the kernel times every run of every BPF program (`run_time_ns`,
+//! `run_cnt`, which `bpftool prog show --json` reports). Unlike throughput, these figures do not
+//! swing with whatever else the machine is doing: they are the CPU the probes take, charged to
+//! the tasks that fork, exec, exit and switch.
+use std::{
+    collections::{BTreeMap, HashSet},
+    fs,
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::cmd;
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Keeps kernel.bpf_stats_enabled on while alive and puts the previous value back when dropped,
+/// also when the bench fails half-way: the stats cost two clock reads per program run, which
+/// nobody should keep paying after the bench.
+pub struct StatsEnabled {
+    previous: String,
+}
+
+impl StatsEnabled {
+    pub fn enable() -> Result<StatsEnabled> {
+        let previous = fs::read_to_string(STATS_SYSCTL)
+            .with_context(|| format!("cannot read {STATS_SYSCTL}: is this a BPF-capable kernel?"))?
+            .trim()
+            .to_string();
+        if previous != "1" {
+            eprintln!("$ sysctl -w kernel.bpf_stats_enabled=1 (was {previous})");
+            fs::write(STATS_SYSCTL, "1")
+                .with_context(|| format!("cannot write {STATS_SYSCTL} (needs root)"))?;
+        }
+        // Ctrl-C would kill xtask without unwinding, leaving the stats on. With a handler, xtask
+        // lives on: the children (exec resets handled signals to the default) get the same
+        // SIGINT and stop, and the bench checks `interrupted()` after each run, so the error
+        // unwinds through this guard's Drop.
+        extern "C" fn note(_: libc::c_int) {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+        }
+        let handler: extern "C" fn(libc::c_int) = note;
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+        Ok(StatsEnabled { previous })
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Err once Ctrl-C was pressed while the stats were on (stress-ng, for one, exits 0 on SIGINT).
+pub fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+impl Drop for StatsEnabled {
+    fn drop(&mut self) {
+        // SAFETY: restores the default action installed at exec.
+        unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+        if self.previous == "1" {
+            return;
+        }
+        eprintln!("$ sysctl -w kernel.bpf_stats_enabled={}", self.previous);
+        if let Err(e) = fs::write(STATS_SYSCTL, &self.previous) {
+            eprintln!(
+                "warning: cannot restore {STATS_SYSCTL} to {}: {e}",
+                self.previous
+            );
+        }
+    }
+}
+
+/// One loaded BPF program and its cumulative statistics since it was loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prog {
+    pub id: u32,
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+    /// The processes holding the program open, when bpftool was built to find them.
+    pids: Option<Vec<u32>>,
+}
+
+/// What one probe did between two snapshots.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeCost {
+    pub name: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
+/// The agent's probes (programs named `sched_*`) as bpftool sees them now.
+pub fn snapshot(agent_pid: u32) -> Result<Vec<Prog>> {
+    let mut bpftool = Command::new("bpftool");
+    bpftool.args(["prog", "show", "--json"]);
+    let out = cmd::output(&mut bpftool)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            cmd::display(&bpftool),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let progs = parse_progs(&String::from_utf8_lossy(&out.stdout))?;
+    let probes = agents_probes(progs, agent_pid, &fd_prog_ids(agent_pid));
+    if probes.is_empty() {
+        bail!("bpftool shows no sched_* programs of the agent (pid {agent_pid})");
+    }
+    Ok(probes)
+}
+
+/// Per probe name: runs and run time between `before` and `after`, sorted by name.
+pub fn difference(before: &[Prog], after: &[Prog]) -> Vec<ProbeCost> {
+    let mut costs: BTreeMap<&str, ProbeCost> = BTreeMap::new();
+    for prog in after {
+        let (runs0, time0) = before
+            .iter()
+            .find(|b| b.id == prog.id)
+            .map_or((0, 0), |b| (b.run_cnt, b.run_time_ns));
+        let cost = costs.entry(&prog.name).or_insert_with(|| ProbeCost {
+            name: prog.name.clone(),
+            runs: 0,
+            run_time_ns: 0,
+        });
+        cost.runs += prog.run_cnt.saturating_sub(runs0);
+        cost.run_time_ns += prog.run_time_ns.saturating_sub(time0);
+    }
+    costs.into_values().collect()
+}
+
+/// `bpftool prog show --json`: an array of objects. The kernel truncates names to 15 bytes
+/// (`sched_process_e...`), and bpftool omits `run_time_ns`/`run_cnt` while they are 0.
+fn parse_progs(json: &str) -> Result<Vec<Prog>> {
+    let value: Value = serde_json::from_str(json).context("bpftool printed invalid JSON")?;
+    let Some(array) = value.as_array() else {
+        bail!("bpftool printed no JSON array");
+    };
+    let mut progs = Vec::new();
+    for p in array {
+        let u64_field = |key| p.get(key).and_then(Value::as_u64);
+        let (Some(id), Some(name)) = (u64_field("id"), p.get("name").and_then(Value::as_str))
+        else {
+            continue; // unnamed programs (some loaders leave the name empty) are not ours
+        };
+        let pids = p.get("pids").and_then(Value::as_array).map(|pids| {
+            pids.iter()
+                .filter_map(|o| o.get("pid").and_then(Value::as_u64))
+                .map(|pid| pid as u32)
+                .collect()
+        });
+        progs.push(Prog {
+            id: id as u32,
+            name: name.to_string(),
+            run_time_ns: u64_field("run_time_ns").unwrap_or(0),
+            run_cnt: u64_field("run_cnt").unwrap_or(0),
+            pids,
+        });
+    }
+    Ok(progs)
+}
+
+/// Other sessions may run agents or tests with the same probes, so the agent's programs are
+/// picked out: by bpftool's `pids` when it was built with BPF skeletons (Debian's is not); else
+/// by the program ids the agent holds open (/proc/PID/fdinfo); failing both, the newest program
+/// of each name (the agent's were loaded last, unless something loaded probes since).
+fn agents_probes(progs: Vec<Prog>, agent_pid: u32, fd_ids: &HashSet<u32>) -> Vec<Prog> {
+    let probes: Vec<Prog> = progs
+        .into_iter()
+        .filter(|p| p.name.starts_with("sched_"))
+        .collect();
+    if probes.iter().any(|p| p.pids.is_some()) {
+        let owned = |p: &Prog| {
+            p.pids
+                .as_ref()
+                .is_some_and(|pids| pids.contains(&agent_pid))
+        };
+        return probes.into_iter().filter(owned).collect();
+    }
+    if !fd_ids.is_empty() {
+        return probes
+            .into_iter()
+            .filter(|p| fd_ids.contains(&p.id))
+            .collect();
+    }
+    let mut newest: BTreeMap<String, Prog> = BTreeMap::new();
+    for prog in probes {
+        if newest.get(&prog.name).is_none_or(|n| n.id < prog.id) {
+            newest.insert(prog.name.clone(), prog);
+        }
+    }
+    newest.into_values().collect()
+}
+
+/// Ids of the BPF programs (and links, which name their program) open in process `pid`.
+fn fd_prog_ids(pid: u32) -> HashSet<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return HashSet::new();
+    };
+    dir.filter_map(|entry| fs::read_to_string(entry.ok()?.path()).ok())
+        .filter_map(|info| parse_fdinfo_prog_id(&info))
+        .collect()
+}
+
+fn parse_fdinfo_prog_id(fdinfo: &str) -> Option<u32> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("prog_id:"))
+        .and_then(|id| id.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // bpftool 7.1 with kernel.bpf_stats_enabled=1 (abridged); exec has not run yet, so it has
+    // no stats fields, and another loader's program is in the list too.
+    const JSON: &str = r#"[{"id":12,"type":"cgroup_skb","name":"","tag":"6deef7357e7b4530"},
+{"id":521,"type":"tracing","name":"sched_switch","run_time_ns":5005511,"run_cnt":10543},
+{"id":522,"type":"tracing","name":"sched_process_f","run_time_ns":3223698,"run_cnt":4401},
+{"id":523,"type":"tracing","name":"sched_process_e"},
+{"id":600,"type":"tracing","name":"sched_switch","run_time_ns":7,"run_cnt":1},
+{"id":601,"type":"kprobe","name":"other","run_time_ns":1,"run_cnt":1}]"#;
+
+    fn ids(progs: &[Prog]) -> Vec<u32> {
+        progs.iter().map(|p| p.id).collect()
+    }
+
+    #[test]
+    fn parses_bpftool_json() {
+        let progs = parse_progs(JSON).unwrap();
+        assert_eq!(ids(&progs), [12, 521, 522, 523, 600, 601]);
+        assert_eq!(progs[2].name, "sched_process_f");
+        assert_eq!((progs[2].run_time_ns, progs[2].run_cnt), (3223698, 4401));
+        assert_eq!((progs[3].run_time_ns, progs[3].run_cnt), (0, 0));
+        assert!(parse_progs("not json").is_err());
+    }
+
+    #[test]
+    fn picks_the_agents_probes() {
+        let progs = parse_progs(JSON).unwrap();
+        let fds: HashSet<u32> = [521, 522, 523].into();
+        assert_eq!(ids(&agents_probes(progs.clone(), 1, &fds)), [521, 522, 523]);
+        // No fd information: the newest program of each name.
+        assert_eq!(
+            ids(&agents_probes(progs, 1, &HashSet::new())),
+            [523, 522, 600]
+        );
+        // bpftool's `pids` wins over everything else.
+        let with_pids = r#"[{"id":5,"name":"sched_switch","pids":[{"pid":42,"comm":"procmon"}]},
+            {"id":6,"name":"sched_switch","pids":[{"pid":7,"comm":"other"}]}]"#;
+        let progs = parse_progs(with_pids).unwrap();
+        assert_eq!(ids(&agents_probes(progs, 42, &[6].into())), [5]);
+    }
+
+    #[test]
+    fn difference_per_name() {
+        let prog = |id, name: &str, run_time_ns, run_cnt| Prog {
+            id,
+            name: name.into(),
+            run_time_ns,
+            run_cnt,
+            pids: None,
+        };
+        let before = [prog(1, "sched_switch", 100, 10), prog(2, "sched_a", 5, 1)];
+        let after = [
+            prog(1, "sched_switch", 350, 20),
+            prog(2, "sched_a", 5, 1),
+            prog(3, "sched_b", 40, 2),
+        ];
+        let cost = |name: &str, runs, run_time_ns| ProbeCost {
+            name: name.into(),
+            runs,
+            run_time_ns,
+        };
+        assert_eq!(
+            difference(&before, &after),
+            [
+                cost("sched_a", 0, 0),
+                cost("sched_b", 2, 40),
+                cost("sched_switch", 10, 250)
+            ]
+        );
+    }
+
+    #[test]
+    fn fdinfo_of_a_program_and_a_link() {
+        let prog = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nprog_id:\t521\n";
+        let link = "link_type:\traw_tracepoint\nlink_id:\t9\nprog_id:\t521\n";
+        assert_eq!(parse_fdinfo_prog_id(prog), Some(521));
+        assert_eq!(parse_fdinfo_prog_id(link), Some(521));
+        assert_eq!(parse_fdinfo_prog_id("pos:\t0\n"), None);
+    }
+}
