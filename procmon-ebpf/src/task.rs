@@ -46,3 +46,20 @@ pub fn process_identity(task: Kptr, o: &KernelOffsets) -> (u32, u64) {
 pub fn parent_identity(task: Kptr, o: &KernelOffsets) -> (u32, u64) {
     process_identity(task.ptr(o.task_real_parent), o)
 }
+
+/// `enum mm_counter_type` indexes; the order has been stable since Linux 4.5.
+pub const MM_FILEPAGES: u32 = 0;
+pub const MM_ANONPAGES: u32 = 1;
+pub const MM_SHMEMPAGES: u32 = 3;
+
+/// An `mm_struct` RSS counter in pages (0 without an address space). This is the
+/// percpu_counter's global count, what the kernel's own get_mm_counter() and its OOM report
+/// use: per-CPU deltas not yet folded in (a few hundred KiB at most) are missed.
+#[inline(always)]
+pub fn mm_counter(mm: Kptr, index: u32, o: &KernelOffsets) -> u64 {
+    if mm.0.is_null() {
+        return 0;
+    }
+    mm.read::<i64>(o.mm_rss_stat + index * o.mm_rss_stride)
+        .max(0) as u64
+}

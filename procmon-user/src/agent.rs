@@ -12,12 +12,13 @@ use tokio::{
     io::AsyncWrite,
     net::TcpListener,
     signal::unix::{signal, SignalKind},
-    sync::{broadcast, watch},
+    sync::watch,
 };
 
 use crate::{
     clock::boottime_ns,
     events::EventKind,
+    hub::Hub,
     ingest::{Ingest, Shared},
     kernel,
     metrics::{HealthSnapshot, HealthSource, Metrics},
@@ -32,10 +33,15 @@ pub struct AgentConfig {
     pub max_processes: usize,
     pub reconcile_interval: Duration,
     pub ringbuf_bytes: u32,
+    pub history: usize,
 }
 
-/// Events buffered for slow consumers before they start losing (and counting) them.
+/// Events buffered for each slow consumer (the events file, each /events client) before it
+/// starts losing (and counting) them. Larger than a reader batch (4096), so a consumer that
+/// keeps up is never outrun by one batch.
 const EVENT_BUFFER: usize = 64 * 1024;
+/// How long shutdown waits for /events clients that do not read their last bytes.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     kernel::check_privileges()?;
@@ -67,16 +73,17 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         stats: std::sync::Mutex::new(stats),
     });
     let metrics = Arc::new(Metrics::new(source));
-    let (events_tx, _) = broadcast::channel(EVENT_BUFFER);
+    let hub = Arc::new(Hub::new(EVENT_BUFFER, cfg.history));
     let sink = events_out.map(|out| {
+        let rx = hub.subscribe(None).expect("the hub is open").rx;
         tokio::spawn(sink::write_json_lines(
-            events_tx.subscribe(),
+            rx,
             out,
             cfg.event_kinds.clone(),
             shared.clone(),
         ))
     });
-    let ingest = Ingest::new(&metrics, events_tx);
+    let ingest = Ingest::new(&metrics, hub.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let reader = tokio::spawn(kernel::reader::run(
         events,
@@ -91,21 +98,37 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(crate::http::serve(listener, metrics.clone(), async move {
-        let _ = http_stop.changed().await;
-    }));
+    let sse = crate::sse::SseState {
+        hub: hub.clone(),
+        dropped: metrics.sse_dropped.clone(),
+        clients: metrics.sse_clients.clone(),
+    };
+    let mut http = tokio::spawn(crate::http::serve(
+        listener,
+        metrics.clone(),
+        sse,
+        async move {
+            let _ = http_stop.changed().await;
+        },
+    ));
     eprintln!("procmon: ready, listening on http://{}", cfg.listen);
 
     wait_for_shutdown_signal().await?;
     eprintln!("procmon: shutting down");
     let _ = stop_tx.send(true);
     reader.await?.context("ring-buffer reader failed")?;
+    // After the last drain: every consumer's stream ends once it has read what is left.
+    hub.close();
     if let Some(sink) = sink {
-        // The reader dropped the only sender: the sink drains what is left and flushes.
         sink.await?.context("writing events failed")?;
     }
     reconciler.await?;
-    http.await?.context("HTTP server failed")?;
+    // /events streams have ended; a client that stopped reading could still hold its
+    // connection open, so the wait is bounded.
+    match tokio::time::timeout(HTTP_SHUTDOWN_GRACE, &mut http).await {
+        Ok(served) => served?.context("HTTP server failed")?,
+        Err(_) => http.abort(),
+    }
     // Detach only after the last drain.
     drop(ebpf);
     Ok(())

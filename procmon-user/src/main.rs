@@ -5,15 +5,22 @@
 
 mod agent;
 mod clock;
+mod crash;
+mod deaths;
 mod events;
+mod history;
 mod http;
+mod hub;
 mod ingest;
 mod kernel;
 mod metrics;
+mod oom;
 mod procfs;
 mod record;
 mod sink;
+mod sse;
 mod tree;
+mod workload;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -34,26 +41,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Trace every process on the host; serve /metrics and /healthz, optionally write events.
+    /// Trace every process on the host; serve /metrics, /healthz and /events, optionally
+    /// write events.
     Agent(AgentArgs),
 }
 
 #[derive(Args)]
 struct AgentArgs {
-    /// Address for the HTTP endpoints (/metrics, /healthz).
+    /// Address for the HTTP endpoints (/metrics, /healthz, /events).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
     listen: SocketAddr,
     /// Write events as JSON lines to FILE (appended), or to stdout with `-`.
     #[arg(long, value_name = "FILE|-")]
     events: Option<PathBuf>,
-    /// Event kinds to write with --events, comma-separated.
+    /// Event kinds to write with --events, comma-separated (fork, exec, exit, oom_kill, crash).
     #[arg(
         long,
         value_name = "KINDS",
         value_delimiter = ',',
-        default_value = "fork,exec,exit"
+        default_value = "fork,exec,exit,oom_kill,crash"
     )]
     event_kinds: Vec<EventKind>,
+    /// Recent events kept for /events clients that ask for them (?since=SEQ, Last-Event-ID);
+    /// 0 keeps none.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    history: u64,
     /// Most processes the tree tracks; beyond it the oldest are evicted (and counted).
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
     max_processes: u64,
@@ -110,6 +122,7 @@ fn main() -> ExitCode {
             max_processes: a.max_processes as usize,
             reconcile_interval: a.reconcile_interval,
             ringbuf_bytes: a.ringbuf_bytes,
+            history: a.history as usize,
         })),
     };
     match result {

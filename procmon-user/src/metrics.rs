@@ -12,10 +12,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::{
-    events::{EventKind, Outcome},
-    tree::TreeStats,
-};
+use crate::{events::Outcome, record::RECORD_KINDS, tree::TreeStats};
 
 /// State read at scrape time.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +39,11 @@ pub struct Metrics {
     pub exits: IntCounterVec,
     pub events: IntCounterVec,
     pub reader_lag: Histogram,
+    pub oom_kills: IntCounterVec,
+    pub crashes: IntCounterVec,
+    pub workload_overflow: IntCounter,
+    pub sse_dropped: IntCounter,
+    pub sse_clients: IntGauge,
 }
 
 impl Metrics {
@@ -89,12 +91,43 @@ impl Metrics {
         )
         .unwrap();
         info.set(1);
+        let oom_kills = IntCounterVec::new(
+            Opts::new(
+                "procmon_oom_kills_total",
+                "Processes the OOM killer chose, by workload (memory cgroup, or comm in the root cgroup) and signal.",
+            ),
+            &["workload", "signal"],
+        )
+        .unwrap();
+        let crashes = IntCounterVec::new(
+            Opts::new(
+                "procmon_crashes_total",
+                "Processes that crashed (died of a core-dumping signal) or were OOM-killed (signal SIGKILL), by workload and signal.",
+            ),
+            &["workload", "signal"],
+        )
+        .unwrap();
+        let workload_overflow = IntCounter::new(
+            "procmon_workload_label_overflow_total",
+            "Counts given workload=\"_other\" because the workload label reached its cap of distinct values.",
+        )
+        .unwrap();
+        let sse_dropped = IntCounter::new(
+            "procmon_sse_dropped_events_total",
+            "Events /events clients lost because they fell too far behind (each was sent an `event: dropped`).",
+        )
+        .unwrap();
+        let sse_clients = IntGauge::new(
+            "procmon_sse_clients",
+            "Clients connected to the /events stream.",
+        )
+        .unwrap();
         // Series exist from the first scrape, so rate() works from the start.
         for outcome in Outcome::ALL {
             exits.with_label_values(&[outcome.as_str()]);
         }
-        for kind in EventKind::ALL {
-            events.with_label_values(&[kind.as_str()]);
+        for kind in RECORD_KINDS {
+            events.with_label_values(&[kind]);
         }
         for c in [
             Box::new(starts.clone()) as Box<dyn Collector>,
@@ -103,6 +136,11 @@ impl Metrics {
             Box::new(events.clone()),
             Box::new(reader_lag.clone()),
             Box::new(info),
+            Box::new(oom_kills.clone()),
+            Box::new(crashes.clone()),
+            Box::new(workload_overflow.clone()),
+            Box::new(sse_dropped.clone()),
+            Box::new(sse_clients.clone()),
             Box::new(StateCollector::new(source)),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -114,6 +152,11 @@ impl Metrics {
             exits,
             events,
             reader_lag,
+            oom_kills,
+            crashes,
+            workload_overflow,
+            sse_dropped,
+            sse_clients,
         }
     }
 
@@ -189,6 +232,11 @@ impl Collector for StateCollector {
                     (&["fork", "ringbuf_full"], k(stat::RINGBUF_FULL_FORK)),
                     (&["exec", "ringbuf_full"], k(stat::RINGBUF_FULL_EXEC)),
                     (&["exit", "ringbuf_full"], k(stat::RINGBUF_FULL_EXIT)),
+                    (
+                        &["oom_kill", "ringbuf_full"],
+                        k(stat::RINGBUF_FULL_OOM_KILL),
+                    ),
+                    (&["cgroup", "ringbuf_full"], k(stat::RINGBUF_FULL_CGROUP)),
                     (&["unknown", "malformed"], s.malformed),
                     (&["unknown", "sink_lagged"], s.sink_lagged),
                 ],
@@ -238,6 +286,9 @@ mod tests {
         s.tree.evictions = 3;
         let m = Metrics::new(Arc::new(Fixed(s)));
         m.exits.with_label_values(&["crashed"]).inc();
+        m.crashes
+            .with_label_values(&["nginx.service", "SIGSEGV"])
+            .inc();
         let text = m.render();
         for line in [
             "procmon_processes_live 42",
@@ -247,6 +298,9 @@ mod tests {
             "procmon_process_exits_total{outcome=\"crashed\"} 1",
             "procmon_process_exits_total{outcome=\"clean\"} 0",
             "# TYPE procmon_ringbuf_reader_lag_seconds histogram",
+            "procmon_crashes_total{signal=\"SIGSEGV\",workload=\"nginx.service\"} 1",
+            "procmon_sse_dropped_events_total 0",
+            "procmon_events_total{kind=\"oom_kill\"} 0",
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }

@@ -6,18 +6,16 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use procmon_common::{exit_flags, kind, stat, ExitRecord, KernelOffsets, RecordHeader};
-
-use crate::{
-    count, offsets,
-    task::{parent_identity, Kptr},
-    wakeup_flags, EVENTS, PENDING_EXITS,
+use procmon_common::{
+    exit_flags, kind, stat, CgroupRecord, ExitRecord, KernelOffsets, RecordHeader,
+    CGROUP_ON_SIGNALS,
 };
 
-/// `enum mm_counter_type` indexes; the order has been stable since Linux 4.5.
-const MM_FILEPAGES: u32 = 0;
-const MM_ANONPAGES: u32 = 1;
-const MM_SHMEMPAGES: u32 = 3;
+use crate::{
+    cgroup, count, offsets,
+    task::{mm_counter, parent_identity, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
+    wakeup_flags, EVENTS, PENDING_EXITS,
+};
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
@@ -39,15 +37,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let tid: u32 = task.read(o.task_pid);
     let (ppid, parent_start_ns) = parent_identity(leader, &o);
     let mm = task.ptr(o.task_mm);
-    let rss = |index: u32| -> u64 {
-        if mm.0.is_null() {
-            return 0;
-        }
-        // The percpu_counter's global count: per-CPU deltas not yet folded in (a few
-        // hundred KiB at most) are missed.
-        mm.read::<i64>(o.mm_rss_stat + index * o.mm_rss_stride)
-            .max(0) as u64
-    };
+    let rss = |index: u32| mm_counter(mm, index, &o);
     let mut record = ExitRecord {
         header: RecordHeader::new(kind::EXIT, core::mem::size_of::<ExitRecord>()),
         time_ns: unsafe { bpf_ktime_get_boot_ns() },
@@ -78,12 +68,37 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         _pad: 0,
         comm: task.comm(&o),
     };
+    let death_signal = record.exit_status & 0x7f;
+    if death_signal < 64 && CGROUP_ON_SIGNALS & (1u64 << death_signal) != 0 {
+        send_cgroup(&record, task, &o);
+    }
     if PENDING_EXITS.insert(&tid, &record, 0).is_err() {
         count(stat::EXIT_NOT_DEFERRED);
         add_cpu_times(&mut record, task, &o);
         send(&record);
     }
     0
+}
+
+/// The memory cgroup of a process dying of a crash signal or SIGKILL (a rare path), so
+/// userspace can attribute the crash to a workload once the exit record follows.
+#[inline(always)]
+fn send_cgroup(exit: &ExitRecord, task: Kptr, o: &KernelOffsets) {
+    let Some(mut entry) = EVENTS.reserve::<CgroupRecord>(0) else {
+        count(stat::RINGBUF_FULL_CGROUP);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` is the reserved record, written in place (it is too big for the stack).
+    unsafe {
+        (*r).header = RecordHeader::new(kind::CGROUP, core::mem::size_of::<CgroupRecord>());
+        (*r).time_ns = exit.time_ns;
+        (*r).start_ns = exit.start_ns;
+        (*r).pid = exit.pid;
+        (*r)._pad = 0;
+        cgroup::read_path(cgroup::task_memcg_kn(task, o), &mut (*r).path, o);
+    }
+    entry.submit(wakeup_flags());
 }
 
 /// Thread-group CPU totals: `signal_struct` holds released threads; the exiting thread's own

@@ -2,4 +2,5 @@
 pub mod exec;
 pub mod exit;
 pub mod fork;
+pub mod oom;
 pub mod switch;
