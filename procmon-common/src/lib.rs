@@ -213,6 +213,9 @@ pub mod oom_flags {
     /// The tracepoint passes the victim's task (Linux ≥ 6.8); before, only its pid is known
     /// and the other victim fields are zero.
     pub const TASK: u32 = 1 << 2;
+    /// Without the OOM context, the probe checked the victim's memory cgroups for one at its
+    /// limit: `constraint` is 3 (memcg, named in `memcg`) if one was, else 0.
+    pub const INFERRED: u32 = 1 << 3;
 }
 
 /// The OOM killer chose a victim (`oom:mark_victim`), just after sending it SIGKILL. The
@@ -328,9 +331,14 @@ pub struct KernelOffsets {
     /// 1 when `mark_victim` passes the victim's `task_struct *` (Linux ≥ 6.8), 0 when only
     /// its pid.
     pub mark_victim_has_task: u32,
+    pub css_parent: u32,
+    /// `mem_cgroup.memory`, a `struct page_counter`.
+    pub memcg_memory: u32,
+    pub page_counter_usage: u32,
+    pub page_counter_max: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 38 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 42 * 4);
 
 /// Load-time tunables of the probes (global `CONFIG`).
 #[repr(C)]

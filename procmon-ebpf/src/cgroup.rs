@@ -11,13 +11,57 @@ use crate::{count, task::Kptr};
 /// one), as its kernfs node; null without CONFIG_MEMCG.
 #[inline(always)]
 pub fn task_memcg_kn(task: Kptr, o: &KernelOffsets) -> Kptr {
+    css_kn(task_memcg_css(task, o), o)
+}
+
+/// `task`'s memory cgroup state (the `css` a `mem_cgroup` starts with); null without
+/// CONFIG_MEMCG.
+#[inline(always)]
+pub fn task_memcg_css(task: Kptr, o: &KernelOffsets) -> Kptr {
     if o.memory_cgrp_id == u32::MAX {
         return Kptr(core::ptr::null());
     }
-    let css = task
-        .ptr(o.task_cgroups)
-        .ptr(o.css_set_subsys + o.memory_cgrp_id * 8);
-    css_kn(css, o)
+    task.ptr(o.task_cgroups)
+        .ptr(o.css_set_subsys + o.memory_cgrp_id * 8)
+}
+
+/// Headroom below a memory limit within which a memory cgroup counts as "at its limit":
+/// a charge fails when usage + the charge (one page, or 512 for a huge page) exceeds the
+/// limit, and the per-CPU charge caches are drained before the OOM killer runs.
+const AT_LIMIT_PAGES: u64 = 1024;
+
+/// Without the OOM context (no fentry), the memory cgroup whose limit caused an OOM kill is
+/// inferred: the victim's innermost memory cgroup (itself or an ancestor, below the root)
+/// whose usage is within [`AT_LIMIT_PAGES`] of its limit. Null when none is: a global OOM
+/// (or a cpuset / mempolicy one, which this does not tell apart).
+#[inline(always)]
+pub fn memcg_at_limit(task: Kptr, o: &KernelOffsets) -> Kptr {
+    let mut css = task_memcg_css(task, o);
+    if o.memcg_memory == 0 {
+        return Kptr(core::ptr::null());
+    }
+    let mut i = 0;
+    while i < CGROUP_DEPTH {
+        if css.0.is_null() {
+            break;
+        }
+        let parent = css.ptr(o.css_parent);
+        if parent.0.is_null() {
+            // The root memory cgroup has no limit.
+            break;
+        }
+        let memcg = Kptr(css.0.wrapping_sub(o.memcg_css as usize));
+        let usage = memcg
+            .read::<i64>(o.memcg_memory + o.page_counter_usage)
+            .max(0) as u64;
+        let max: u64 = memcg.read(o.memcg_memory + o.page_counter_max);
+        if max.saturating_sub(usage) <= AT_LIMIT_PAGES {
+            return css;
+        }
+        css = parent;
+        i += 1;
+    }
+    Kptr(core::ptr::null())
 }
 
 /// The kernfs node of a `cgroup_subsys_state`'s cgroup (a `mem_cgroup` starts with one).

@@ -13,8 +13,9 @@ use crate::{
 };
 
 /// `enum oom_constraint` (include/linux/oom.h), unchanged since Linux 2.6.35.
+/// With [`oom_flags::INFERRED`], 0 means no memory cgroup was at its limit: `global`.
 pub fn constraint_name(flags: u32, constraint: u32) -> &'static str {
-    if flags & oom_flags::CONTEXT == 0 {
+    if flags & (oom_flags::CONTEXT | oom_flags::INFERRED) == 0 {
         return "unknown";
     }
     match constraint {
@@ -110,5 +111,7 @@ mod tests {
         assert_eq!(constraint_name(ctx, 3), "memcg");
         assert_eq!(constraint_name(0, 3), "unknown", "no OOM context traced");
         assert_eq!(constraint_name(ctx, 42), "unknown");
+        assert_eq!(constraint_name(oom_flags::INFERRED, 0), "global");
+        assert_eq!(constraint_name(oom_flags::INFERRED, 3), "memcg");
     }
 }

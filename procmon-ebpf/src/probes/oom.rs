@@ -7,6 +7,9 @@
 //! and an fexit program forgets it; `mark_victim` then reads `oc->constraint` (computed after
 //! entry, so it is read here, not at entry) and `oc->memcg` (NULL for a global OOM). Keyed
 //! by thread, not CPU: a preemptible kernel may migrate the task in between.
+//!
+//! Where fentry programs cannot be loaded (the 6.18 test VM refuses every one with EPERM),
+//! the memory cgroup is inferred from the page counters instead (cgroup::memcg_at_limit).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
@@ -99,6 +102,15 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
             (*r).pgtables_bytes = mm.read::<i64>(o.mm_pgtables_bytes).max(0) as u64;
         }
         cgroup::read_path(cgroup::task_memcg_kn(task, &o), &mut (*r).cgroup, &o);
+        if oc.is_none() {
+            let css = cgroup::memcg_at_limit(task, &o);
+            (*r).flags |= oom_flags::INFERRED;
+            if !css.0.is_null() {
+                (*r).flags |= oom_flags::MEMCG;
+                (*r).constraint = 3; // CONSTRAINT_MEMCG
+                cgroup::read_path(cgroup::css_kn(css, &o), &mut (*r).memcg, &o);
+            }
+        }
     }
     entry.submit(wakeup_flags());
     0

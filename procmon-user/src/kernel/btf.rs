@@ -82,6 +82,10 @@ pub fn resolve_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         oom_control_memcg: r.byte_offset("oom_control", "memcg")?,
         oom_control_constraint: r.byte_offset("oom_control", "constraint")?,
         mark_victim_has_task: (r.tracepoint_arity("mark_victim")? >= 2) as u32,
+        css_parent: r.byte_offset("cgroup_subsys_state", "parent")?,
+        memcg_memory: r.byte_offset("mem_cgroup", "memory").unwrap_or(0),
+        page_counter_usage: r.byte_offset("page_counter", "usage").unwrap_or(0),
+        page_counter_max: r.byte_offset("page_counter", "max").unwrap_or(0),
     })
 }
 
