@@ -49,7 +49,7 @@ impl SseClient {
     }
 
     /// The next message (comments skipped); None at the end of the stream or on timeout.
-    pub fn next(&mut self) -> Option<Message> {
+    pub fn next_message(&mut self) -> Option<Message> {
         let mut msg = Message {
             id: None,
             event: None,

@@ -86,7 +86,7 @@ fn slow_client_never_stalls_a_reading_client_and_memory_stays_bounded() {
             if done {
                 break;
             }
-            if let Some(m) = reader.next() {
+            if let Some(m) = reader.next_message() {
                 messages.push(m);
             }
         }
@@ -158,11 +158,11 @@ fn slow_client_never_stalls_a_reading_client_and_memory_stays_bounded() {
     // no longer kept is announced as dropped.
     let mut late = SseClient::connect(agent.addr, "/events?since=0&kind=exit", &[]);
     late.set_timeout(Duration::from_secs(5));
-    let first = late.next().expect("a first message");
+    let first = late.next_message().expect("a first message");
     assert_eq!(first.event.as_deref(), Some("dropped"), "{first:?}");
     let dropped: Value = serde_json::from_str(&first.data).unwrap();
     assert!(dropped["dropped"].as_u64().unwrap() > 0, "{first:?}");
-    let replayed = late.next().expect("a replayed event");
+    let replayed = late.next_message().expect("a replayed event");
     assert_eq!(replayed.event.as_deref(), Some("exit"));
     // Last-Event-ID resumes right after that event.
     let id = replayed.id.unwrap();
@@ -172,7 +172,7 @@ fn slow_client_never_stalls_a_reading_client_and_memory_stays_bounded() {
         &[&format!("Last-Event-ID: {id}")],
     );
     resumed.set_timeout(Duration::from_secs(5));
-    let next = resumed.next().expect("an event after Last-Event-ID");
+    let next = resumed.next_message().expect("an event after Last-Event-ID");
     assert!(next.id.unwrap() > id, "{next:?} after {id}");
     assert_eq!(next.event.as_deref(), Some("exit"));
 
