@@ -26,7 +26,27 @@ pub mod kind {
     pub const FORK: u16 = 1;
     pub const EXEC: u16 = 2;
     pub const EXIT: u16 = 3;
+    pub const OOM_KILL: u16 = 4;
+    pub const CGROUP: u16 = 5;
 }
+
+/// Components of a cgroup path kept, leaf first: the deepest ones name the workload.
+pub const CGROUP_DEPTH: usize = 8;
+/// Bytes kept of each cgroup directory name (NUL-terminated inside; longer names are cut).
+/// Container scopes (`cri-containerd-<64 hex>.scope`) fit.
+pub const CGROUP_NAME_LEN: usize = 128;
+
+/// Wait-status signals whose deaths make the exit probe send a [`CgroupRecord`] first: the
+/// signals that dump core by default (crashes) and SIGKILL (OOM kills). Bit n = signal n.
+pub const CGROUP_ON_SIGNALS: u64 = (1 << 3) // SIGQUIT
+    | (1 << 4) // SIGILL
+    | (1 << 5) // SIGTRAP
+    | (1 << 6) // SIGABRT
+    | (1 << 7) // SIGBUS
+    | (1 << 8) // SIGFPE
+    | (1 << 9) // SIGKILL
+    | (1 << 11) // SIGSEGV
+    | (1 << 31); // SIGSYS
 
 /// `ExitRecord::flags` bits.
 pub mod exit_flags {
@@ -51,8 +71,12 @@ pub mod stat {
     /// The pending-exit map was full: the exit was sent at once, its CPU time read before
     /// the process finished tearing down (slightly low).
     pub const EXIT_NOT_DEFERRED: u32 = 5;
+    /// An OOM-kill record was dropped: the ring buffer had no room.
+    pub const RINGBUF_FULL_OOM_KILL: u32 = 6;
+    /// A cgroup record (of a crashing process) was dropped: the ring buffer had no room.
+    pub const RINGBUF_FULL_CGROUP: u32 = 7;
     /// Number of entries in the map.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
 }
 
 #[repr(C)]
@@ -159,7 +183,93 @@ pub struct ExitRecord {
     pub comm: [u8; COMM_LEN],
 }
 
+/// `CgroupPath::flags` bits.
+pub mod cgroup_flags {
+    /// The path was read (the task had a memory cgroup).
+    pub const KNOWN: u32 = 1 << 0;
+    /// Deeper than [`super::CGROUP_DEPTH`]: only the innermost components are kept.
+    pub const TRUNCATED: u32 = 1 << 1;
+}
+
+/// A cgroup's path, read in the kernel by walking its kernfs nodes up to the hierarchy
+/// root (which is not stored): `names[0]` is the cgroup's own directory name. Read in the
+/// kernel because a killed process may be gone before userspace could look at /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupPath {
+    /// Components stored in `names` (0: the root cgroup).
+    pub depth: u32,
+    /// [`cgroup_flags`] bits.
+    pub flags: u32,
+    pub names: [[u8; CGROUP_NAME_LEN]; CGROUP_DEPTH],
+}
+
+/// `OomKillRecord::flags` bits.
+pub mod oom_flags {
+    /// The OOM context (`struct oom_control`) was seen: `constraint` is valid.
+    pub const CONTEXT: u32 = 1 << 0;
+    /// The kill was constrained to a memory cgroup (`oc->memcg` set): `memcg` names it.
+    pub const MEMCG: u32 = 1 << 1;
+    /// The tracepoint passes the victim's task (Linux ≥ 6.8); before, only its pid is known
+    /// and the other victim fields are zero.
+    pub const TASK: u32 = 1 << 2;
+    /// Without the OOM context, the probe checked the victim's memory cgroups for one at its
+    /// limit: `constraint` is 3 (memcg, named in `memcg`) if one was, else 0.
+    pub const INFERRED: u32 = 1 << 3;
+}
+
+/// The OOM killer chose a victim (`oom:mark_victim`), just after sending it SIGKILL. The
+/// memory figures are the ones the kernel logs in its "Killed process" line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomKillRecord {
+    pub header: RecordHeader,
+    pub time_ns: u64,
+    /// The victim's thread-group leader `start_boottime`.
+    pub start_ns: u64,
+    pub parent_start_ns: u64,
+    /// `mm_struct.total_vm`, pages.
+    pub total_vm_pages: u64,
+    pub rss_anon_pages: u64,
+    pub rss_file_pages: u64,
+    pub rss_shmem_pages: u64,
+    /// `mm_struct.pgtables_bytes`.
+    pub pgtables_bytes: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    /// `signal_struct.oom_score_adj` (-1000..=1000).
+    pub oom_score_adj: i32,
+    /// `enum oom_constraint`: 0 none (global), 1 cpuset, 2 memory policy, 3 memcg.
+    pub constraint: u32,
+    /// [`oom_flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+    /// The victim's memory cgroup.
+    pub cgroup: CgroupPath,
+    /// The memory cgroup whose limit was hit (`oc->memcg`), when [`oom_flags::MEMCG`].
+    pub memcg: CgroupPath,
+}
+
+/// The memory cgroup of a process dying of a signal in [`CGROUP_ON_SIGNALS`], sent just
+/// before its [`ExitRecord`] is captured, so the crash can be attributed to a workload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupRecord {
+    pub header: RecordHeader,
+    pub time_ns: u64,
+    pub start_ns: u64,
+    pub pid: u32,
+    pub _pad: u32,
+    pub path: CgroupPath,
+}
+
 const _: () = assert!(size_of::<RecordHeader>() == 8);
+const _: () = assert!(size_of::<CgroupPath>() == 8 + CGROUP_NAME_LEN * CGROUP_DEPTH);
+const _: () = assert!(size_of::<OomKillRecord>() == 120 + 2 * size_of::<CgroupPath>());
+const _: () = assert!(size_of::<CgroupRecord>() == 32 + size_of::<CgroupPath>());
 const _: () = assert!(size_of::<ForkRecord>() == 64);
 const _: () = assert!(size_of::<ExecRecord>() == 320);
 const _: () = assert!(size_of::<ExitRecord>() == 136);
@@ -221,9 +331,34 @@ pub struct KernelOffsets {
     /// 1 when `sched_process_exit` passes `group_dead` as its second argument (Linux ≥ 6.16),
     /// 0 when the probe must derive it from `signal_struct.live`.
     pub exit_has_group_dead: u32,
+    // OOM kills and cgroup paths (probes/oom.rs, cgroup.rs).
+    pub task_cgroups: u32,
+    /// `css_set.subsys[]`.
+    pub css_set_subsys: u32,
+    /// `memory_cgrp_id` in `enum cgroup_subsys_id`; `u32::MAX` without CONFIG_MEMCG.
+    pub memory_cgrp_id: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_name: u32,
+    /// `kernfs_node.__parent` (`parent` before Linux 6.15).
+    pub kernfs_parent: u32,
+    pub memcg_css: u32,
+    pub mm_total_vm: u32,
+    pub mm_pgtables_bytes: u32,
+    pub signal_oom_score_adj: u32,
+    pub oom_control_memcg: u32,
+    pub oom_control_constraint: u32,
+    /// 1 when `mark_victim` passes the victim's `task_struct *` (Linux ≥ 6.8), 0 when only
+    /// its pid.
+    pub mark_victim_has_task: u32,
+    pub css_parent: u32,
+    /// `mem_cgroup.memory`, a `struct page_counter`.
+    pub memcg_memory: u32,
+    pub page_counter_usage: u32,
+    pub page_counter_max: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 24 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 42 * 4);
 
 /// Load-time tunables of the probes (global `CONFIG`).
 #[repr(C)]

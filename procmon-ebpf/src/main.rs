@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod cgroup;
 mod probes;
 mod task;
 
@@ -30,6 +31,11 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 /// microseconds; the bound only matters if a mass exit outruns the scheduler.
 #[map]
 static PENDING_EXITS: HashMap<u32, ExitRecord> = HashMap::with_max_entries(16384, 0);
+
+/// `struct oom_control *` of the `out_of_memory()` call in progress, by the thread running
+/// it (probes/oom.rs). Calls are serialized by `oom_lock`; the bound is slack.
+#[map]
+static OOM_CONTEXT: HashMap<u32, u64> = HashMap::with_max_entries(64, 0);
 
 /// Filled in by the agent from /sys/kernel/btf/vmlinux before load.
 #[unsafe(no_mangle)]

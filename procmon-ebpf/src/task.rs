@@ -52,11 +52,11 @@ pub const MM_FILEPAGES: u32 = 0;
 pub const MM_ANONPAGES: u32 = 1;
 pub const MM_SHMEMPAGES: u32 = 3;
 
-/// Resident pages of one kind of an address space (0 when `mm` is NULL: kernel threads,
-/// or an address space already released). This is the percpu_counter's global count:
-/// per-CPU deltas not yet folded in (a few hundred KiB at most) are missed.
+/// An `mm_struct` RSS counter in pages (0 without an address space). This is the
+/// percpu_counter's global count, what the kernel's own get_mm_counter() and its OOM report
+/// use: per-CPU deltas not yet folded in (a few hundred KiB at most) are missed.
 #[inline(always)]
-pub fn mm_rss(mm: Kptr, index: u32, o: &KernelOffsets) -> u64 {
+pub fn mm_counter(mm: Kptr, index: u32, o: &KernelOffsets) -> u64 {
     if mm.0.is_null() {
         return 0;
     }

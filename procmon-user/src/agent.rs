@@ -16,17 +16,13 @@ use std::{
 
 use anyhow::Context;
 use aya::maps::{MapData, PerCpuArray};
-use tokio::{
-    io::AsyncWrite,
-    net::TcpListener,
-    sync::{broadcast, watch},
-    task::JoinHandle,
-};
+use tokio::{io::AsyncWrite, net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     attribution::{Attribution, AttributionConfig},
     clock::boottime_ns,
     events::EventKind,
+    hub::Hub,
     ingest::{Ingest, Shared},
     kernel::{self, sampler::Sampler},
     metrics::{HealthSnapshot, HealthSource, Metrics},
@@ -41,17 +37,23 @@ pub struct PipelineConfig {
     pub sample_interval: Duration,
     pub ringbuf_bytes: u32,
     pub event_kinds: Vec<EventKind>,
+    /// Recent events kept for /events clients that ask for them.
+    pub history: usize,
     pub attribution: AttributionConfig,
 }
 
-/// Events buffered for slow consumers before they start losing (and counting) them.
+/// Events buffered for each slow consumer (the events file, each /events client) before it
+/// starts losing (and counting) them. Larger than a reader batch (4096), so a consumer that
+/// keeps up is never outrun by one batch.
 const EVENT_BUFFER: usize = 64 * 1024;
+/// How long shutdown waits for /events clients that do not read their last bytes.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Cgroup reads per sampling round (processes that exec'd or were forked since the last).
 const CGROUP_READS_PER_ROUND: usize = 4096;
 
 pub struct Pipeline {
     pub shared: Arc<Shared>,
-    pub metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
     stop: watch::Sender<bool>,
     reader: JoinHandle<std::io::Result<()>>,
     sampler: JoinHandle<Sampler>,
@@ -90,16 +92,17 @@ impl Pipeline {
             stats: Mutex::new(stats),
         });
         let metrics = Arc::new(Metrics::new(source));
-        let (events_tx, _) = broadcast::channel(EVENT_BUFFER);
+        let hub = Arc::new(Hub::new(EVENT_BUFFER, cfg.history));
         let sink = events_out.map(|out| {
+            let rx = hub.subscribe(None).expect("the hub is open").rx;
             tokio::spawn(sink::write_json_lines(
-                events_tx.subscribe(),
+                rx,
                 out,
                 cfg.event_kinds.clone(),
                 shared.clone(),
             ))
         });
-        let ingest = Ingest::new(&metrics, events_tx);
+        let ingest = Ingest::new(&metrics, hub.clone());
         let (stop, stop_rx) = watch::channel(false);
         let reader = tokio::spawn(kernel::reader::run(
             events,
@@ -122,13 +125,23 @@ impl Pipeline {
         ));
         let http = listener.map(|listener| {
             let mut http_stop = stop_rx.clone();
-            tokio::spawn(crate::http::serve(listener, metrics.clone(), async move {
-                let _ = http_stop.changed().await;
-            }))
+            let sse = crate::sse::SseState {
+                hub: hub.clone(),
+                dropped: metrics.sse_dropped.clone(),
+                clients: metrics.sse_clients.clone(),
+            };
+            tokio::spawn(crate::http::serve(
+                listener,
+                metrics.clone(),
+                sse,
+                async move {
+                    let _ = http_stop.changed().await;
+                },
+            ))
         });
         Ok(Self {
             shared,
-            metrics,
+            hub,
             stop,
             reader,
             sampler,
@@ -144,13 +157,19 @@ impl Pipeline {
         let _ = self.stop.send(true);
         let sampler = self.sampler.await?;
         self.reader.await?.context("ring-buffer reader failed")?;
+        // After the last drain: every consumer's stream ends once it has read what is left.
+        self.hub.close();
         if let Some(sink) = self.sink {
-            // The reader dropped the only sender: the sink drains what is left and flushes.
             sink.await?.context("writing events failed")?;
         }
         self.reconciler.await?;
-        if let Some(http) = self.http {
-            http.await?.context("HTTP server failed")?;
+        if let Some(mut http) = self.http {
+            // /events streams have ended; a client that stopped reading could still hold its
+            // connection open, so the wait is bounded.
+            match tokio::time::timeout(HTTP_SHUTDOWN_GRACE, &mut http).await {
+                Ok(served) => served?.context("HTTP server failed")?,
+                Err(_) => http.abort(),
+            }
         }
         drop(sampler.into_inner());
         Ok(())

@@ -187,14 +187,12 @@ impl Attribution {
         }
     }
 
-    pub fn selectors(&self) -> &[Selector] {
-        &self.cfg.selectors
-    }
-
+    #[cfg(test)]
     pub fn units(&self) -> impl Iterator<Item = (&UnitId, &Unit)> {
         self.units.iter()
     }
 
+    #[cfg(test)]
     pub fn unit(&self, id: UnitId) -> Option<&Unit> {
         self.units.get(&id)
     }
@@ -204,10 +202,6 @@ impl Attribution {
             .iter()
             .enumerate()
             .map(|(i, s)| (self.workloads.name(i as WorkloadId), s))
-    }
-
-    pub fn workloads_overflowed(&self) -> u64 {
-        self.workloads.overflowed
     }
 
     /// Watches `pid` from now on (`procmon run` watches the command it starts). Its fork may

@@ -67,9 +67,14 @@ pub struct CommonArgs {
     /// subtrees use rolled in. pid:N, comm:NAME, exe:PATH or cgroup:PATH; repeatable.
     #[arg(long = "watch", value_name = "SELECTOR")]
     pub watch: Vec<Selector>,
-    /// Event kinds to write with --events, comma-separated [default: fork,exec,exit]
+    /// Event kinds to write with --events, comma-separated (fork, exec, exit, oom_kill,
+    /// crash) [default: all]
     #[arg(long, value_name = "KINDS", value_delimiter = ',')]
     pub event_kinds: Option<Vec<EventKind>>,
+    /// Recent events kept for /events clients that ask for them (?since=SEQ,
+    /// Last-Event-ID); 0 keeps none [default: 4096]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    pub history: Option<u64>,
     /// How often live processes' CPU and RSS are sampled, e.g. 1s, 500ms [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_sample_interval)]
     pub sample_interval: Option<Duration>,
@@ -100,6 +105,7 @@ pub struct ConfigFile {
     pub listen: Option<String>,
     pub events: Option<PathBuf>,
     pub event_kinds: Option<Vec<String>>,
+    pub history: Option<u64>,
     #[serde(default)]
     pub watch: Vec<String>,
     pub sample_interval: Option<String>,
@@ -210,6 +216,7 @@ impl CommonArgs {
                 sample_interval,
                 ringbuf_bytes,
                 event_kinds,
+                history: self.history.or(file.history).unwrap_or(4096).min(1_048_576) as usize,
                 attribution: AttributionConfig {
                     selectors: watch,
                     retain_exited_ns: retain_exited.as_nanos() as u64,

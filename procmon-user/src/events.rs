@@ -1,5 +1,5 @@
 //! Lifecycle events as users see them: exit classification and the JSON objects written to
-//! `--events` (and, later, streamed over SSE). Each event is rendered to JSON once, then
+//! `--events` and streamed over SSE (`/events`). Each event is rendered to JSON once, then
 //! shared as `Bytes` by every consumer.
 
 use bytes::Bytes;
@@ -11,17 +11,36 @@ pub enum EventKind {
     Fork,
     Exec,
     Exit,
+    OomKill,
+    Crash,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 3] = [EventKind::Fork, EventKind::Exec, EventKind::Exit];
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Fork,
+        EventKind::Exec,
+        EventKind::Exit,
+        EventKind::OomKill,
+        EventKind::Crash,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Fork => "fork",
             EventKind::Exec => "exec",
             EventKind::Exit => "exit",
+            EventKind::OomKill => "oom_kill",
+            EventKind::Crash => "crash",
         }
+    }
+
+    /// Parses a comma-separated list (`oom_kill,crash`); empty parts are ignored.
+    pub fn parse_list(s: &str) -> Result<Vec<EventKind>, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::parse)
+            .collect()
     }
 }
 
@@ -31,7 +50,9 @@ impl std::str::FromStr for EventKind {
         EventKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown event kind `{s}` (expected fork, exec or exit)"))
+            .ok_or_else(|| {
+                format!("unknown event kind `{s}` (expected fork, exec, exit, oom_kill or crash)")
+            })
     }
 }
 
@@ -92,6 +113,16 @@ impl ExitStatus {
         }
     }
 
+    /// [`ExitStatus::outcome`], except that a SIGKILL death of a process the OOM killer
+    /// chose is `oom_killed`.
+    pub fn outcome_given_oom(&self, oom_victim: bool) -> Outcome {
+        if oom_victim && self.signal == Some(libc::SIGKILL as u8) {
+            Outcome::OomKilled
+        } else {
+            self.outcome()
+        }
+    }
+
     /// The default action of these signals is to dump core: a death by one of them is a crash.
     pub fn outcome(&self) -> Outcome {
         const CORE_SIGNALS: [i32; 8] = [
@@ -113,10 +144,30 @@ impl ExitStatus {
     }
 }
 
+/// The `signal` label of the crash and OOM-kill counters: a small fixed set.
+pub fn signal_label(signal: Option<u8>) -> &'static str {
+    match signal.map(i32::from) {
+        Some(libc::SIGQUIT) => "SIGQUIT",
+        Some(libc::SIGILL) => "SIGILL",
+        Some(libc::SIGTRAP) => "SIGTRAP",
+        Some(libc::SIGABRT) => "SIGABRT",
+        Some(libc::SIGBUS) => "SIGBUS",
+        Some(libc::SIGFPE) => "SIGFPE",
+        Some(libc::SIGKILL) => "SIGKILL",
+        Some(libc::SIGSEGV) => "SIGSEGV",
+        Some(libc::SIGSYS) => "SIGSYS",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
 /// One rendered event, cheap to clone to every consumer.
 #[derive(Debug, Clone)]
 pub struct EventMsg {
     pub kind: EventKind,
+    /// Position in the agent's event stream (from 1, no gaps), assigned when published
+    /// (hub.rs); 0 until then. It is the SSE `id:`.
+    pub seq: u64,
     /// One JSON object, no trailing newline.
     pub json: Bytes,
 }
@@ -141,7 +192,7 @@ pub struct ExecEvent<'a> {
     pub old_comm: Option<&'a str>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 pub struct ExitEvent<'a> {
     pub kind: EventKind,
     pub time: &'a str,
@@ -158,11 +209,86 @@ pub struct ExitEvent<'a> {
     pub lifetime_seconds: f64,
 }
 
+/// One ancestor of a process, nearest first: from the agent's process tree, so `comm` is
+/// null for an ancestor the tree does not know.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub comm: Option<String>,
+}
+
+/// The OOM killer chose a victim and sent it SIGKILL. Sizes are bytes; the memory figures
+/// are the ones the kernel logs in its "Killed process" line.
+#[derive(Serialize)]
+pub struct OomKillEvent<'a> {
+    pub kind: EventKind,
+    pub time: &'a str,
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: &'a str,
+    pub exe: Option<&'a str>,
+    pub uid: Option<u32>,
+    /// The victim's memory cgroup path.
+    pub cgroup: Option<&'a str>,
+    pub workload: &'a str,
+    /// `memcg` (a memory cgroup's limit), `global` (the machine), `cpuset`,
+    /// `memory_policy`, or `unknown` (the OOM context could not be traced).
+    pub constraint: &'a str,
+    /// The memory cgroup whose limit was hit, when `constraint` is `memcg`.
+    pub memcg: Option<&'a str>,
+    pub rss_anon_bytes: u64,
+    pub rss_file_bytes: u64,
+    pub rss_shmem_bytes: u64,
+    pub total_vm_bytes: u64,
+    pub pgtables_bytes: u64,
+    pub oom_score_adj: i32,
+    pub ancestry: &'a [Ancestor],
+    /// The victim's last sampled CPU/RSS (null if it never lived through a sample).
+    pub last_sample: Option<LastSample>,
+}
+
+/// A process died of a crash signal or was OOM-killed: its exit event's fields, plus where
+/// it ran and who started it.
+#[derive(Serialize)]
+pub struct CrashEvent<'a> {
+    #[serde(flatten)]
+    pub exit: ExitEvent<'a>,
+    pub cgroup: Option<&'a str>,
+    pub workload: &'a str,
+    pub ancestry: &'a [Ancestor],
+    /// The process's last sampled CPU/RSS (null if it never lived through a sample).
+    pub last_sample: Option<LastSample>,
+}
+
+/// What the sampler last saw of a process: the "last seen RSS" of a post-mortem.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LastSample {
+    pub rss_bytes: u64,
+    pub cpu_seconds: f64,
+    /// 1.0 = one full core, over the sample interval before it.
+    pub cpu_usage_ratio: f64,
+    /// How long before the death the sample was taken.
+    pub age_seconds: f64,
+}
+
+impl LastSample {
+    pub fn of(p: Option<&crate::tree::Process>, death_ns: u64) -> Option<Self> {
+        let live = p?.acct.live;
+        (live.sampled_at_ns > 0).then(|| LastSample {
+            rss_bytes: live.rss_bytes,
+            cpu_seconds: live.cpu_ns as f64 / 1e9,
+            cpu_usage_ratio: live.cpu_ratio,
+            age_seconds: death_ns.saturating_sub(live.sampled_at_ns) as f64 / 1e9,
+        })
+    }
+}
+
 pub fn render<T: Serialize>(kind: EventKind, event: &T) -> EventMsg {
     // Serializing these plain structs cannot fail.
     let json = serde_json::to_vec(event).expect("event serializes");
     EventMsg {
         kind,
+        seq: 0,
         json: Bytes::from(json),
     }
 }
@@ -195,6 +321,18 @@ mod tests {
     }
 
     #[test]
+    fn oom_victims_sigkill_is_oom_killed() {
+        let sigkill = ExitStatus::from_raw(libc::SIGKILL as u32);
+        assert_eq!(sigkill.outcome_given_oom(true), Outcome::OomKilled);
+        assert_eq!(sigkill.outcome_given_oom(false), Outcome::Killed);
+        // A victim that died of something else keeps its own outcome.
+        let segv = ExitStatus::from_raw(libc::SIGSEGV as u32);
+        assert_eq!(segv.outcome_given_oom(true), Outcome::Crashed);
+        assert_eq!(signal_label(Some(11)), "SIGSEGV");
+        assert_eq!(signal_label(Some(60)), "other");
+    }
+
+    #[test]
     fn hostile_comm_renders_as_valid_json() {
         let comm = Comm::from_bytes(b"a\"b\\c\nd\xff");
         let name = comm.to_lossy();
@@ -220,6 +358,11 @@ mod tests {
         assert!("bogus"
             .parse::<EventKind>()
             .unwrap_err()
-            .contains("fork, exec or exit"));
+            .contains("oom_kill or crash"));
+        assert_eq!(
+            EventKind::parse_list("oom_kill, crash,"),
+            Ok(vec![EventKind::OomKill, EventKind::Crash])
+        );
+        assert!(EventKind::parse_list("exit,nope").is_err());
     }
 }

@@ -1,23 +1,29 @@
 //! Applies ring-buffer records: decode, update the tree, count, and render events for the
 //! consumers. Pure logic over bytes, so it is tested without a kernel.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Mutex,
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
 };
 
 use procmon_common::{ExecRecord, ExitRecord, ForkRecord};
-use prometheus::IntCounter;
-use tokio::sync::broadcast;
+use prometheus::{IntCounter, IntCounterVec};
 
 use crate::{
     attribution::Attribution,
     clock::{boottime_ns, rfc3339, WallClock},
+    deaths::Deaths,
     events::{self, EventKind, EventMsg, ExecEvent, ExitEvent, ExitStatus, ForkEvent, Outcome},
+    hub::Hub,
     metrics::Metrics,
-    record::{c_str, decode, Record},
+    oom,
+    record::{c_str, decode, Record, RECORD_KINDS},
     run::RunLog,
     tree::{Comm, Tree},
+    workload::{self, Workloads},
 };
 
 /// The tree and what is attributed over it: always changed together, under one lock.
@@ -55,42 +61,65 @@ impl Shared {
 }
 
 /// Counter handles resolved once, so the per-event path does no label lookups.
-struct Counters {
-    events: [IntCounter; 3],
+pub(crate) struct Counters {
+    events: [IntCounter; RECORD_KINDS.len()],
     exits: [IntCounter; 5],
     starts: IntCounter,
     execs: IntCounter,
+    // Labelled by workload: looked up per (rare) OOM kill or crash.
+    pub(crate) oom_kills: IntCounterVec,
+    pub(crate) crashes: IntCounterVec,
+    pub(crate) workload_overflow: IntCounter,
+}
+
+/// State of deaths in flight, used only by the reader (locked once per batch).
+pub(crate) struct DeathState {
+    pub(crate) deaths: Deaths,
+    pub(crate) workloads: Workloads,
 }
 
 pub struct Ingest {
-    counters: Counters,
-    /// The only sender: when the reader stops and drops it, consumers see the stream end.
-    events: broadcast::Sender<EventMsg>,
+    pub(crate) counters: Counters,
+    /// Where events go. The agent closes it after the reader's last drain, which ends every
+    /// consumer's stream.
+    hub: Arc<Hub>,
+    death_state: Mutex<DeathState>,
+    /// Where OOM victims' executables are looked up when the tree does not know them.
+    pub(crate) proc_root: PathBuf,
 }
 
 /// One batch: the tree lock and the clock, taken once for all its records.
 pub struct Batch<'a> {
-    ingest: &'a Ingest,
+    pub(crate) ingest: &'a Ingest,
     shared: &'a Shared,
-    state: std::sync::MutexGuard<'a, State>,
-    clock: WallClock,
-    render: bool,
+    pub(crate) state: MutexGuard<'a, State>,
+    pub(crate) deaths: MutexGuard<'a, DeathState>,
+    pub(crate) clock: WallClock,
+    pub(crate) render: bool,
     pub records: usize,
     oldest_ns: Option<u64>,
 }
 
 impl Ingest {
-    pub fn new(metrics: &Metrics, events: broadcast::Sender<EventMsg>) -> Self {
-        let kind = |k: EventKind| metrics.events.with_label_values(&[k.as_str()]);
+    pub fn new(metrics: &Metrics, hub: Arc<Hub>) -> Self {
+        let kind = |k: &str| metrics.events.with_label_values(&[k]);
         let outcome = |o: Outcome| metrics.exits.with_label_values(&[o.as_str()]);
         Self {
             counters: Counters {
-                events: EventKind::ALL.map(kind),
+                events: RECORD_KINDS.map(kind),
                 exits: Outcome::ALL.map(outcome),
                 starts: metrics.starts.clone(),
                 execs: metrics.execs.clone(),
+                oom_kills: metrics.oom_kills.clone(),
+                crashes: metrics.crashes.clone(),
+                workload_overflow: metrics.workload_overflow.clone(),
             },
-            events,
+            hub,
+            death_state: Mutex::new(DeathState {
+                deaths: Deaths::default(),
+                workloads: Workloads::new(workload::DEFAULT_CAP),
+            }),
+            proc_root: PathBuf::from(crate::procfs::PROC),
         }
     }
 
@@ -99,9 +128,10 @@ impl Ingest {
             ingest: self,
             shared,
             state: shared.lock(),
+            deaths: self.death_state.lock().unwrap_or_else(|e| e.into_inner()),
             clock: WallClock::now(),
-            // Events are rendered only when someone listens.
-            render: self.events.receiver_count() > 0,
+            // Events are rendered only when someone listens or history is kept.
+            render: self.hub.wants_events(),
             records: 0,
             oldest_ns: None,
         }
@@ -120,9 +150,9 @@ impl Batch<'_> {
         };
         self.oldest_ns.get_or_insert(record.time_ns());
         let c = &self.ingest.counters;
+        c.events[record.index()].inc();
         match record {
             Record::Fork(r) => {
-                c.events[0].inc();
                 c.starts.inc();
                 let State {
                     tree,
@@ -139,7 +169,6 @@ impl Batch<'_> {
                 }
             }
             Record::Exec(r) => {
-                c.events[1].inc();
                 c.execs.inc();
                 let State {
                     tree,
@@ -156,10 +185,14 @@ impl Batch<'_> {
                 }
             }
             Record::Exit(r) => {
-                c.events[2].inc();
                 let status = ExitStatus::from_raw(r.exit_status);
-                let outcome = status.outcome();
+                let death = self.deaths.deaths.on_exit(&r);
+                let outcome = status.outcome_given_oom(death.oom_victim);
                 c.exits[Outcome::ALL.iter().position(|&o| o == outcome).unwrap()].inc();
+                let crash = matches!(outcome, Outcome::Crashed | Outcome::OomKilled);
+                // Before the tree forgets the process and reparents its children.
+                let ancestry =
+                    (crash && self.render).then(|| oom::ancestry(&self.state.tree, r.ppid));
                 let State {
                     tree,
                     attribution,
@@ -172,10 +205,21 @@ impl Batch<'_> {
                 if let Some(log) = run_log {
                     log.on_exit(gone.as_ref(), &r, status);
                 }
-                if self.render {
-                    self.emit_exit(&r, status);
+                let exit = self
+                    .render
+                    .then(|| self.exit_event_fields(&r, status, outcome));
+                if let Some(exit) = &exit {
+                    self.publish(events::render(EventKind::Exit, &exit.event()));
+                }
+                if crash {
+                    self.on_crash(&r, status, death, exit.as_ref(), ancestry, gone.as_ref());
                 }
             }
+            Record::OomKill(r) => {
+                self.deaths.deaths.on_oom_kill(&r);
+                self.on_oom_kill(&r);
+            }
+            Record::Cgroup(r) => self.deaths.deaths.on_cgroup(&r),
         }
     }
 
@@ -185,15 +229,14 @@ impl Batch<'_> {
             .map(|t| boottime_ns().saturating_sub(t) as f64 / 1e9)
     }
 
-    fn send(&self, msg: EventMsg) {
-        // Err only means nobody listens any more.
-        let _ = self.ingest.events.send(msg);
+    pub(crate) fn publish(&self, msg: EventMsg) {
+        self.ingest.hub.publish(msg);
     }
 
     fn emit_fork(&self, r: &ForkRecord) {
         let time = rfc3339(self.clock.at(r.time_ns));
         let comm = Comm::from_raw(r.comm).to_lossy();
-        self.send(events::render(
+        self.publish(events::render(
             EventKind::Fork,
             &ForkEvent {
                 kind: EventKind::Fork,
@@ -210,7 +253,7 @@ impl Batch<'_> {
         let comm = Comm::from_raw(r.comm).to_lossy();
         let filename = String::from_utf8_lossy(c_str(&r.filename));
         let old_comm = old_comm.map(|c| c.to_lossy());
-        self.send(events::render(
+        self.publish(events::render(
             EventKind::Exec,
             &ExecEvent {
                 kind: EventKind::Exec,
@@ -224,28 +267,59 @@ impl Batch<'_> {
         ));
     }
 
-    fn emit_exit(&self, r: &ExitRecord, status: ExitStatus) {
-        let time = rfc3339(self.clock.at(r.time_ns));
-        let comm = Comm::from_raw(r.comm).to_lossy();
+    pub(crate) fn exit_event_fields(
+        &self,
+        r: &ExitRecord,
+        status: ExitStatus,
+        outcome: Outcome,
+    ) -> ExitFields {
         let (user, system) = split_cpu(r.runtime_ns, r.utime_ns, r.stime_ns);
-        self.send(events::render(
-            EventKind::Exit,
-            &ExitEvent {
-                kind: EventKind::Exit,
-                time: &time,
-                pid: r.pid,
-                ppid: r.ppid,
-                comm: &comm,
-                exit_code: status.code,
-                signal: status.signal,
-                core_dumped: status.core_dumped,
-                outcome: status.outcome(),
-                cpu_user_seconds: user as f64 / 1e9,
-                cpu_system_seconds: system as f64 / 1e9,
-                peak_rss_bytes: peak_rss_bytes(r),
-                lifetime_seconds: r.time_ns.saturating_sub(r.start_ns) as f64 / 1e9,
-            },
-        ));
+        ExitFields {
+            time: rfc3339(self.clock.at(r.time_ns)),
+            comm: Comm::from_raw(r.comm).to_lossy(),
+            pid: r.pid,
+            ppid: r.ppid,
+            status,
+            outcome,
+            cpu_user_seconds: user as f64 / 1e9,
+            cpu_system_seconds: system as f64 / 1e9,
+            peak_rss_bytes: peak_rss_bytes(r),
+            lifetime_seconds: r.time_ns.saturating_sub(r.start_ns) as f64 / 1e9,
+        }
+    }
+}
+
+/// The owned parts of an exit event, shared by the `exit` and `crash` events of a death.
+pub(crate) struct ExitFields {
+    time: String,
+    comm: String,
+    pid: u32,
+    ppid: u32,
+    status: ExitStatus,
+    outcome: Outcome,
+    cpu_user_seconds: f64,
+    cpu_system_seconds: f64,
+    peak_rss_bytes: u64,
+    lifetime_seconds: f64,
+}
+
+impl ExitFields {
+    pub(crate) fn event(&self) -> ExitEvent<'_> {
+        ExitEvent {
+            kind: EventKind::Exit,
+            time: &self.time,
+            pid: self.pid,
+            ppid: self.ppid,
+            comm: &self.comm,
+            exit_code: self.status.code,
+            signal: self.status.signal,
+            core_dumped: self.status.core_dumped,
+            outcome: self.outcome,
+            cpu_user_seconds: self.cpu_user_seconds,
+            cpu_system_seconds: self.cpu_system_seconds,
+            peak_rss_bytes: self.peak_rss_bytes,
+            lifetime_seconds: self.lifetime_seconds,
+        }
     }
 }
 
@@ -278,7 +352,7 @@ pub fn split_cpu(runtime_ns: u64, utime_ns: u64, stime_ns: u64) -> (u64, u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         metrics::{HealthSnapshot, HealthSource},
@@ -302,10 +376,15 @@ mod tests {
         }
     }
 
-    fn setup() -> (Metrics, Ingest, Shared, broadcast::Receiver<EventMsg>) {
+    pub(crate) type Rx = tokio::sync::broadcast::Receiver<EventMsg>;
+
+    pub(crate) fn setup() -> (Metrics, Ingest, Shared, Rx) {
         let metrics = Metrics::new(Arc::new(Nothing));
-        let (tx, rx) = broadcast::channel(64);
-        let ingest = Ingest::new(&metrics, tx);
+        let hub = Arc::new(Hub::new(64, 0));
+        let rx = hub.subscribe(None).unwrap().rx;
+        let mut ingest = Ingest::new(&metrics, hub);
+        // Never look at the build machine's /proc.
+        ingest.proc_root = PathBuf::from("/nonexistent");
         (
             metrics,
             ingest,
@@ -314,7 +393,7 @@ mod tests {
         )
     }
 
-    fn next_json(rx: &mut broadcast::Receiver<EventMsg>) -> serde_json::Value {
+    pub(crate) fn next_json(rx: &mut Rx) -> serde_json::Value {
         serde_json::from_slice(&rx.try_recv().unwrap().json).unwrap()
     }
 
@@ -339,6 +418,23 @@ mod tests {
             (Some("/usr/bin/true"), Some("parent"))
         );
         let x = next_json(&mut rx);
+        let crash = next_json(&mut rx);
+        assert_eq!(crash["kind"], "crash");
+        assert_eq!(
+            crash["ancestry"],
+            serde_json::json!([{"pid": 1, "comm": null}])
+        );
+        assert_eq!(
+            crash["workload"], "bad\"name\n\u{fffd}",
+            "no cgroup record: the comm"
+        );
+        assert_eq!(
+            metrics
+                .crashes
+                .with_label_values(&["bad\"name\n\u{fffd}", "SIGSEGV"])
+                .get(),
+            1
+        );
         assert_eq!(x["outcome"], "crashed");
         assert_eq!(x["signal"], 11);
         assert_eq!(x["exit_code"], serde_json::Value::Null);

@@ -12,10 +12,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::{
-    events::{EventKind, Outcome},
-    tree::TreeStats,
-};
+use crate::{events::Outcome, record::RECORD_KINDS, tree::TreeStats};
 
 /// State read at scrape time.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +41,11 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub reader_lag: Histogram,
     pub sample_duration: Histogram,
+    pub oom_kills: IntCounterVec,
+    pub crashes: IntCounterVec,
+    pub workload_overflow: IntCounter,
+    pub sse_dropped: IntCounter,
+    pub sse_clients: IntGauge,
 }
 
 impl Metrics {
@@ -101,12 +103,43 @@ impl Metrics {
         )
         .unwrap();
         info.set(1);
+        let oom_kills = IntCounterVec::new(
+            Opts::new(
+                "procmon_oom_kills_total",
+                "Processes the OOM killer chose, by workload (memory cgroup, or comm in the root cgroup) and signal.",
+            ),
+            &["workload", "signal"],
+        )
+        .unwrap();
+        let crashes = IntCounterVec::new(
+            Opts::new(
+                "procmon_crashes_total",
+                "Processes that crashed (died of a core-dumping signal) or were OOM-killed (signal SIGKILL), by workload and signal.",
+            ),
+            &["workload", "signal"],
+        )
+        .unwrap();
+        let workload_overflow = IntCounter::new(
+            "procmon_workload_label_overflow_total",
+            "Counts given workload=\"_other\" because the workload label reached its cap of distinct values.",
+        )
+        .unwrap();
+        let sse_dropped = IntCounter::new(
+            "procmon_sse_dropped_events_total",
+            "Events /events clients lost because they fell too far behind (each was sent an `event: dropped`).",
+        )
+        .unwrap();
+        let sse_clients = IntGauge::new(
+            "procmon_sse_clients",
+            "Clients connected to the /events stream.",
+        )
+        .unwrap();
         // Series exist from the first scrape, so rate() works from the start.
         for outcome in Outcome::ALL {
             exits.with_label_values(&[outcome.as_str()]);
         }
-        for kind in EventKind::ALL {
-            events.with_label_values(&[kind.as_str()]);
+        for kind in RECORD_KINDS {
+            events.with_label_values(&[kind]);
         }
         for c in [
             Box::new(starts.clone()) as Box<dyn Collector>,
@@ -115,6 +148,11 @@ impl Metrics {
             Box::new(events.clone()),
             Box::new(reader_lag.clone()),
             Box::new(info),
+            Box::new(oom_kills.clone()),
+            Box::new(crashes.clone()),
+            Box::new(workload_overflow.clone()),
+            Box::new(sse_dropped.clone()),
+            Box::new(sse_clients.clone()),
             Box::new(StateCollector::new(source)),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -127,6 +165,11 @@ impl Metrics {
             events,
             reader_lag,
             sample_duration,
+            oom_kills,
+            crashes,
+            workload_overflow,
+            sse_dropped,
+            sse_clients,
         }
     }
 
@@ -208,7 +251,7 @@ const CHILD: &[&str] = &["watch", "root_pid", "pid", "comm"];
 const WORKLOAD: &[&str] = &["workload"];
 
 /// Everything [`StateCollector`] produces, in output order.
-const FAMILIES: [Family; 25] = [
+const FAMILIES: [Family; 26] = [
     family("procmon_processes_live", Kind::Gauge, &[], "Live processes known to the process tree."),
     family("procmon_tree_processes", Kind::Gauge, &[], "Entries tracked by the process tree."),
     family("procmon_tree_evictions_total", Kind::Counter, &[], "Tree entries evicted because the tree reached --max-processes."),
@@ -233,6 +276,7 @@ const FAMILIES: [Family; 25] = [
     family("procmon_workload_cpu_seconds_total", Kind::Counter, WORKLOAD, "CPU (user+system) of the processes of a workload, exited ones included."),
     family("procmon_workload_rss_bytes", Kind::Gauge, WORKLOAD, "Resident memory of a workload's live processes at the last sample."),
     family("procmon_workload_processes", Kind::Gauge, WORKLOAD, "Live processes of a workload at the last sample."),
+    family("procmon_workload_process_starts_total", Kind::Counter, WORKLOAD, "Processes started in a workload (attributed to the parent's workload at fork)."),
     family("procmon_workload_overflow_total", Kind::Counter, &[], "Workload names folded into workload=\"_other\" because --max-workloads was reached."),
 ];
 
@@ -303,7 +347,7 @@ impl Collector for StateCollector {
                 .map(|w| (vec![w.workload.clone()], f(w)))
                 .collect()
         };
-        let rows: [Rows; 25] = [
+        let rows: [Rows; 26] = [
             one(s.live_processes),
             one(s.tracked_processes),
             one(s.tree.evictions),
@@ -324,6 +368,14 @@ impl Collector for StateCollector {
                 (
                     labels(&["exit", "ringbuf_full"]),
                     k(stat::RINGBUF_FULL_EXIT) as f64,
+                ),
+                (
+                    labels(&["oom_kill", "ringbuf_full"]),
+                    k(stat::RINGBUF_FULL_OOM_KILL) as f64,
+                ),
+                (
+                    labels(&["cgroup", "ringbuf_full"]),
+                    k(stat::RINGBUF_FULL_CGROUP) as f64,
                 ),
                 (labels(&["unknown", "malformed"]), s.malformed as f64),
                 (labels(&["unknown", "sink_lagged"]), s.sink_lagged as f64),
@@ -347,6 +399,7 @@ impl Collector for StateCollector {
             workload_rows(|w| w.cpu_seconds),
             workload_rows(|w| w.rss_bytes),
             workload_rows(|w| w.processes),
+            workload_rows(|w| w.starts),
             one(a.workloads_overflowed),
         ];
         FAMILIES
@@ -417,6 +470,9 @@ mod tests {
         });
         let m = Metrics::new(Arc::new(Fixed(s)));
         m.exits.with_label_values(&["crashed"]).inc();
+        m.crashes
+            .with_label_values(&["nginx.service", "SIGSEGV"])
+            .inc();
         let text = m.render();
         for line in [
             "procmon_processes_live 42",
@@ -428,6 +484,9 @@ mod tests {
             "procmon_process_exits_total{outcome=\"crashed\"} 1",
             "procmon_process_exits_total{outcome=\"clean\"} 0",
             "# TYPE procmon_ringbuf_reader_lag_seconds histogram",
+            "procmon_crashes_total{signal=\"SIGSEGV\",workload=\"nginx.service\"} 1",
+            "procmon_sse_dropped_events_total 0",
+            "procmon_events_total{kind=\"oom_kill\"} 0",
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }

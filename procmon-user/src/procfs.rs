@@ -55,6 +55,17 @@ pub fn read_process(proc_root: &Path, pid: u32) -> Option<ProcSnapshot> {
     parse_stat(&stat)
 }
 
+/// The executable of `pid` if it is still the process that started at `start_ns` (boottime
+/// ns); None when it is gone, a zombie, a kernel thread, or the pid was reused.
+pub fn read_exe(proc_root: &Path, pid: u32, start_ns: u64) -> Option<String> {
+    let p = read_process(proc_root, pid)?;
+    if p.start_ns / tick_ns() != start_ns / tick_ns() {
+        return None;
+    }
+    let exe = fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok()?;
+    Some(exe.to_string_lossy().into_owned())
+}
+
 /// Parses `/proc/<pid>/stat`. The comm field may hold spaces and parentheses, so it spans
 /// from the first '(' to the last ')'.
 pub fn parse_stat(stat: &[u8]) -> Option<ProcSnapshot> {

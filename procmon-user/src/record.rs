@@ -5,13 +5,22 @@
 
 use std::mem::size_of;
 
-use procmon_common::{kind, ExecRecord, ExitRecord, ForkRecord, RecordHeader, ABI_VERSION};
+use procmon_common::{
+    cgroup_flags, kind, CgroupPath, CgroupRecord, ExecRecord, ExitRecord, ForkRecord,
+    OomKillRecord, RecordHeader, ABI_VERSION,
+};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The `kind` label of `procmon_events_total`, indexed like [`Record::index`].
+pub const RECORD_KINDS: [&str; 5] = ["fork", "exec", "exit", "oom_kill", "cgroup"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Fork(ForkRecord),
     Exec(ExecRecord),
     Exit(ExitRecord),
+    // Boxed: they carry 1-2 KiB of cgroup names and are rare; the hot kinds stay small.
+    OomKill(Box<OomKillRecord>),
+    Cgroup(Box<CgroupRecord>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -34,12 +43,25 @@ pub enum DecodeError {
 }
 
 impl Record {
+    /// Position of the record's kind in [`RECORD_KINDS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Record::Fork(_) => 0,
+            Record::Exec(_) => 1,
+            Record::Exit(_) => 2,
+            Record::OomKill(_) => 3,
+            Record::Cgroup(_) => 4,
+        }
+    }
+
     /// Boottime of the event, ns.
     pub fn time_ns(&self) -> u64 {
         match self {
             Record::Fork(r) => r.time_ns,
             Record::Exec(r) => r.time_ns,
             Record::Exit(r) => r.time_ns,
+            Record::OomKill(r) => r.time_ns,
+            Record::Cgroup(r) => r.time_ns,
         }
     }
 }
@@ -57,6 +79,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::FORK => read(header, bytes).map(Record::Fork),
         kind::EXEC => read(header, bytes).map(Record::Exec),
         kind::EXIT => read(header, bytes).map(Record::Exit),
+        kind::OOM_KILL => read(header, bytes).map(|r| Record::OomKill(Box::new(r))),
+        kind::CGROUP => read(header, bytes).map(|r| Record::Cgroup(Box::new(r))),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -81,6 +105,28 @@ fn read<T: Copy>(header: RecordHeader, bytes: &[u8]) -> Result<T, DecodeError> {
 pub fn c_str(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     &bytes[..end]
+}
+
+/// A kernel-read cgroup path as text: `/a/b` (`/` for the root cgroup), `.../b` when only
+/// the innermost components were kept, `None` when it was not read. Names are not
+/// necessarily UTF-8: invalid bytes become U+FFFD.
+pub fn cgroup_path(p: &CgroupPath) -> Option<String> {
+    if p.flags & cgroup_flags::KNOWN == 0 {
+        return None;
+    }
+    let depth = (p.depth as usize).min(p.names.len());
+    let mut out = String::new();
+    if p.flags & cgroup_flags::TRUNCATED != 0 {
+        out.push_str("...");
+    }
+    for name in p.names[..depth].iter().rev() {
+        out.push('/');
+        out.push_str(&String::from_utf8_lossy(c_str(name)));
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Some(out)
 }
 
 /// Test support: the exact bytes the probes write for a record.
@@ -156,6 +202,94 @@ pub mod tests {
             _pad: 0,
             comm: comm(b"child"),
         }
+    }
+
+    pub fn path(components: &[&str]) -> CgroupPath {
+        let mut p = CgroupPath {
+            depth: components.len() as u32,
+            flags: cgroup_flags::KNOWN,
+            names: [[0; procmon_common::CGROUP_NAME_LEN]; procmon_common::CGROUP_DEPTH],
+        };
+        // Stored innermost first, as the probe walks up.
+        for (slot, name) in p.names.iter_mut().zip(components.iter().rev()) {
+            slot[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        p
+    }
+
+    pub fn oom_kill(pid: u32, ppid: u32, start_ns: u64) -> OomKillRecord {
+        OomKillRecord {
+            header: RecordHeader::new(kind::OOM_KILL, size_of::<OomKillRecord>()),
+            time_ns: start_ns + 1_000_000,
+            start_ns,
+            parent_start_ns: 1,
+            total_vm_pages: 70_000,
+            rss_anon_pages: 16_000,
+            rss_file_pages: 300,
+            rss_shmem_pages: 2,
+            pgtables_bytes: 200_704,
+            pid,
+            tid: pid,
+            ppid,
+            uid: 1000,
+            oom_score_adj: 500,
+            constraint: 3,
+            flags: procmon_common::oom_flags::CONTEXT
+                | procmon_common::oom_flags::MEMCG
+                | procmon_common::oom_flags::TASK,
+            _pad: 0,
+            comm: comm(b"hog"),
+            cgroup: path(&["system.slice", "hog.service"]),
+            memcg: path(&["system.slice"]),
+        }
+    }
+
+    pub fn cgroup(pid: u32, start_ns: u64, components: &[&str]) -> CgroupRecord {
+        CgroupRecord {
+            header: RecordHeader::new(kind::CGROUP, size_of::<CgroupRecord>()),
+            time_ns: start_ns + 1_000_000,
+            start_ns,
+            pid,
+            _pad: 0,
+            path: path(components),
+        }
+    }
+
+    #[test]
+    fn round_trips_oom_and_cgroup_records() {
+        let o = oom_kill(10, 1, 5);
+        let c = cgroup(10, 5, &["a", "b"]);
+        assert_eq!(decode(&encode(&o)), Ok(Record::OomKill(Box::new(o))));
+        assert_eq!(decode(&encode(&c)), Ok(Record::Cgroup(Box::new(c))));
+        let bytes = encode(&o);
+        for cut in [4, 100, bytes.len() - 1] {
+            assert!(
+                decode(&bytes[..cut]).is_err(),
+                "accepted an OOM record cut to {cut} bytes"
+            );
+        }
+        // A cgroup-sized buffer claiming to be an OOM record is rejected, not misread.
+        let mut c = cgroup(10, 5, &["a"]);
+        c.header.kind = kind::OOM_KILL;
+        assert!(matches!(decode(&encode(&c)), Err(DecodeError::Size { .. })));
+    }
+
+    #[test]
+    fn renders_cgroup_paths() {
+        assert_eq!(
+            cgroup_path(&path(&["system.slice", "nginx.service"])).as_deref(),
+            Some("/system.slice/nginx.service")
+        );
+        assert_eq!(cgroup_path(&path(&[])).as_deref(), Some("/"));
+        let mut p = path(&["b", "c"]);
+        p.flags |= cgroup_flags::TRUNCATED;
+        assert_eq!(cgroup_path(&p).as_deref(), Some(".../b/c"));
+        p.flags = 0;
+        assert_eq!(cgroup_path(&p), None);
+        // A lying depth is clamped, never out of bounds.
+        let mut p = path(&["x"]);
+        p.depth = 1000;
+        assert!(cgroup_path(&p).unwrap().ends_with("/x"));
     }
 
     #[test]

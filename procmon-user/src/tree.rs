@@ -133,6 +133,30 @@ impl Tree {
         self.procs.values_mut()
     }
 
+    /// The ancestors of a process whose parent is `ppid`, nearest first, up to the root.
+    /// A pid the tree does not know ends the walk, with no comm.
+    pub fn ancestry(&self, ppid: u32) -> Vec<(u32, Option<Comm>)> {
+        let mut out = Vec::new();
+        let mut pid = ppid;
+        // Bounded: a corrupted (cyclic) parent chain must not hang the agent.
+        while pid != 0 && out.len() < 256 {
+            match self.procs.get(&pid) {
+                Some(p) => {
+                    out.push((pid, Some(p.comm)));
+                    if p.ppid == pid {
+                        break;
+                    }
+                    pid = p.ppid;
+                }
+                None => {
+                    out.push((pid, None));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
     pub fn children_of(&self, pid: u32) -> impl Iterator<Item = u32> + '_ {
         self.children
             .range((pid, 0)..=(pid, u32::MAX))
@@ -486,6 +510,19 @@ mod tests {
         assert!(t.get(73).is_none());
         let s = t.stats();
         assert_eq!((s.reconciled_removed, s.reconciled_added), (1, 1));
+    }
+
+    #[test]
+    fn ancestry_walks_to_the_root() {
+        let mut t = tree_with_init();
+        t.on_fork(&fork(80, 1, 2 * SEC));
+        t.on_fork(&fork(81, 80, 3 * SEC));
+        let a = t.ancestry(81);
+        let pids: Vec<u32> = a.iter().map(|(p, _)| *p).collect();
+        assert_eq!(pids, [81, 80, 1]);
+        assert_eq!(a[2].1.unwrap().as_bytes(), b"seeded");
+        assert_eq!(t.ancestry(999), [(999, None)]);
+        assert!(t.ancestry(0).is_empty());
     }
 
     #[test]

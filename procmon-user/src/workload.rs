@@ -1,24 +1,36 @@
-//! Workloads: the bounded label that groups every process that is not individually watched.
-//! A workload is named after the process's cgroup (its last path component: a systemd unit,
-//! a container scope), falling back to the process name in the root cgroup. Past a cap,
-//! new names share one overflow series, and what overflowed is counted.
+//! Workloads: the bounded label that groups processes that are not individually watched
+//! (`procmon_workload_*`), and the `workload` of crash and OOM events and counters. A
+//! workload is what the process's cgroup names (a systemd unit, a container scope);
+//! processes in the root cgroup are named by their comm instead.
+//!
+//! Label cardinality must stay bounded (DESIGN.md, external contract): [`Workloads`] admits a
+//! fixed number of distinct names and folds the rest into [`OVERFLOW`], counting them.
 
 use std::collections::HashMap;
 
-/// The series every workload past the cap shares.
+/// The label of everything past the cap.
 pub const OVERFLOW: &str = "_other";
 
-/// The label for a process in `cgroup_path` named `comm`.
+/// Distinct workload names for crash and OOM counters before [`OVERFLOW`] takes over.
+pub const DEFAULT_CAP: usize = 200;
+
+/// The workload name of a process in `cgroup_path` (`/system.slice/nginx.service` →
+/// `nginx.service`), or its `comm` when it is in the root cgroup or the path is unknown.
 pub fn label(cgroup_path: Option<&str>, comm: &str) -> String {
-    match cgroup_path.map(|p| p.trim_end_matches('/')) {
-        Some(path) if !path.is_empty() => path.rsplit('/').next().unwrap_or(path).to_string(),
-        _ => comm.to_string(),
+    let leaf = cgroup_path
+        .and_then(|p| p.trim_end_matches('/').rsplit('/').next())
+        .filter(|leaf| !leaf.is_empty() && *leaf != "...");
+    match leaf {
+        Some(leaf) => leaf.to_string(),
+        None if comm.is_empty() => "unknown".to_string(),
+        None => comm.to_string(),
     }
 }
 
 pub type WorkloadId = u32;
 
 /// Interned workload names with a cap.
+#[derive(Debug)]
 pub struct Workloads {
     names: Vec<String>,
     index: HashMap<String, WorkloadId>,
@@ -55,6 +67,16 @@ impl Workloads {
         self.intern_unbounded(name)
     }
 
+    /// The label to export for `name`: itself once admitted, [`OVERFLOW`] past the cap.
+    pub fn admit(&mut self, name: String) -> String {
+        let id = self.intern(&name);
+        if id == self.overflow_id() {
+            OVERFLOW.to_string()
+        } else {
+            name
+        }
+    }
+
     fn intern_unbounded(&mut self, name: &str) -> WorkloadId {
         let id = self.names.len() as WorkloadId;
         self.names.push(name.to_string());
@@ -65,10 +87,6 @@ impl Workloads {
     pub fn name(&self, id: WorkloadId) -> &str {
         self.names.get(id as usize).map_or(OVERFLOW, String::as_str)
     }
-
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
 }
 
 #[cfg(test)]
@@ -76,14 +94,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_from_cgroups_or_comm() {
-        assert_eq!(
-            label(Some("/system.slice/nginx.service"), "nginx"),
-            "nginx.service"
-        );
-        assert_eq!(label(Some("/"), "bash"), "bash");
-        assert_eq!(label(None, "bash"), "bash");
-        assert_eq!(label(Some("/a/b/"), "x"), "b");
+    fn names_workloads_by_cgroup_leaf_or_comm() {
+        let cases = [
+            (
+                Some("/system.slice/nginx.service"),
+                "nginx",
+                "nginx.service",
+            ),
+            (Some("/kubepods/burstable/pod1/abc/"), "x", "abc"),
+            (Some("/"), "bash", "bash"),
+            (None, "bash", "bash"),
+            (Some("/"), "", "unknown"),
+            (Some(".../deep/leaf.scope"), "x", "leaf.scope"),
+        ];
+        for (path, comm, want) in cases {
+            assert_eq!(label(path, comm), want, "{path:?} {comm:?}");
+        }
     }
 
     #[test]
@@ -94,10 +120,9 @@ mod tests {
         let b = w.intern("b");
         assert_ne!(a, b);
         assert_eq!(w.intern("c"), w.overflow_id());
-        assert_eq!(w.intern("d"), w.overflow_id());
+        assert_eq!(w.admit("d".into()), OVERFLOW);
+        assert_eq!(w.admit("a".into()), "a", "admitted names stay");
         assert_eq!(w.overflowed, 2);
-        let c = w.intern("c");
-        assert_eq!(w.name(c), OVERFLOW);
         assert_eq!(w.name(b), "b");
     }
 }

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod kmsg;
+pub mod memcg;
+pub mod sse;
+
 /// How long the agent may take to load and attach its programs and start serving.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a SIGTERM'd agent may take to shut down before it is SIGKILLed.

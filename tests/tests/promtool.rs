@@ -1,5 +1,6 @@
 //! `/metrics` must pass `promtool check metrics` (the contract's lint bar), checked after
-//! some activity so that labelled series (outcomes, event kinds) and histogram buckets exist.
+//! some activity so that labelled series (outcomes, event kinds, crashes by workload and
+//! signal) and histogram buckets exist.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -21,12 +22,12 @@ fn metrics_pass_promtool_check() {
     }
     let agent = Agent::start(&[]);
     run_workload(env!("CARGO_BIN_EXE_spawn_tree"), &[]);
-    // Wait until the workload's crash shows up, so the scrape covers labelled series.
+    run_workload(env!("CARGO_BIN_EXE_crashers"), &[]);
+    // Wait until the workloads' crashes show up, so the scrape covers labelled series.
     wait_for(Duration::from_secs(30), || {
-        (agent
-            .metrics()
-            .get_or_zero("procmon_process_exits_total", &[("outcome", "crashed")])
-            >= 1.0)
+        let m = agent.metrics();
+        (m.get_or_zero("procmon_process_exits_total", &[("outcome", "crashed")]) >= 1.0
+            && m.series("procmon_crashes_total").count() >= 3)
             .then_some(())
     })
     .unwrap_or_else(|| {

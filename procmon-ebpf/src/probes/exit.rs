@@ -6,11 +6,14 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use procmon_common::{exit_flags, kind, stat, ExitRecord, KernelOffsets, RecordHeader};
+use procmon_common::{
+    exit_flags, kind, stat, CgroupRecord, ExitRecord, KernelOffsets, RecordHeader,
+    CGROUP_ON_SIGNALS,
+};
 
 use crate::{
-    count, offsets,
-    task::{mm_rss, parent_identity, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
+    cgroup, count, offsets,
+    task::{mm_counter, parent_identity, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
     wakeup_flags, EVENTS, PENDING_EXITS,
 };
 
@@ -34,6 +37,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let tid: u32 = task.read(o.task_pid);
     let (ppid, parent_start_ns) = parent_identity(leader, &o);
     let mm = task.ptr(o.task_mm);
+    let rss = |index: u32| mm_counter(mm, index, &o);
     let mut record = ExitRecord {
         header: RecordHeader::new(kind::EXIT, core::mem::size_of::<ExitRecord>()),
         time_ns: unsafe { bpf_ktime_get_boot_ns() },
@@ -48,9 +52,9 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         } else {
             mm.read(o.mm_hiwater_rss)
         },
-        rss_file_pages: mm_rss(mm, MM_FILEPAGES, &o),
-        rss_anon_pages: mm_rss(mm, MM_ANONPAGES, &o),
-        rss_shmem_pages: mm_rss(mm, MM_SHMEMPAGES, &o),
+        rss_file_pages: rss(MM_FILEPAGES),
+        rss_anon_pages: rss(MM_ANONPAGES),
+        rss_shmem_pages: rss(MM_SHMEMPAGES),
         pid: task.read(o.task_tgid),
         tid,
         ppid,
@@ -64,12 +68,37 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         _pad: 0,
         comm: task.comm(&o),
     };
+    let death_signal = record.exit_status & 0x7f;
+    if death_signal < 64 && CGROUP_ON_SIGNALS & (1u64 << death_signal) != 0 {
+        send_cgroup(&record, task, &o);
+    }
     if PENDING_EXITS.insert(&tid, &record, 0).is_err() {
         count(stat::EXIT_NOT_DEFERRED);
         add_cpu_times(&mut record, task, &o);
         send(&record);
     }
     0
+}
+
+/// The memory cgroup of a process dying of a crash signal or SIGKILL (a rare path), so
+/// userspace can attribute the crash to a workload once the exit record follows.
+#[inline(always)]
+fn send_cgroup(exit: &ExitRecord, task: Kptr, o: &KernelOffsets) {
+    let Some(mut entry) = EVENTS.reserve::<CgroupRecord>(0) else {
+        count(stat::RINGBUF_FULL_CGROUP);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` is the reserved record, written in place (it is too big for the stack).
+    unsafe {
+        (*r).header = RecordHeader::new(kind::CGROUP, core::mem::size_of::<CgroupRecord>());
+        (*r).time_ns = exit.time_ns;
+        (*r).start_ns = exit.start_ns;
+        (*r).pid = exit.pid;
+        (*r)._pad = 0;
+        cgroup::read_path(cgroup::task_memcg_kn(task, o), &mut (*r).path, o);
+    }
+    entry.submit(wakeup_flags());
 }
 
 /// Thread-group CPU totals: `signal_struct` holds released threads; the exiting thread's own

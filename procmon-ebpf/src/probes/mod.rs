@@ -2,5 +2,6 @@
 pub mod exec;
 pub mod exit;
 pub mod fork;
+pub mod oom;
 pub mod sample;
 pub mod switch;

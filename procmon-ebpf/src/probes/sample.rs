@@ -6,7 +6,7 @@ use procmon_common::TaskSample;
 
 use crate::{
     offsets,
-    task::{mm_rss, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
+    task::{mm_counter, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
 };
 
 /// `struct bpf_iter_meta`: only `seq` is used.
@@ -52,9 +52,9 @@ pub fn sample_tasks(ctx: *mut core::ffi::c_void) -> i32 {
         sample.stime_ns += signal.read::<u64>(o.signal_stime);
         sample.runtime_ns += signal.read::<u64>(o.signal_sum_sched_runtime);
         let mm = task.ptr(o.task_mm);
-        sample.rss_pages = mm_rss(mm, MM_FILEPAGES, &o)
-            + mm_rss(mm, MM_ANONPAGES, &o)
-            + mm_rss(mm, MM_SHMEMPAGES, &o);
+        sample.rss_pages = mm_counter(mm, MM_FILEPAGES, &o)
+            + mm_counter(mm, MM_ANONPAGES, &o)
+            + mm_counter(mm, MM_SHMEMPAGES, &o);
     }
     unsafe {
         let seq = (*ctx.meta).seq;

@@ -62,6 +62,30 @@ pub fn resolve_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         signal_subreaper_bit: r.bit_offset("signal_struct", "is_child_subreaper")?,
         binprm_filename: r.byte_offset("linux_binprm", "filename")?,
         exit_has_group_dead: (r.tracepoint_arity("sched_process_exit")? >= 2) as u32,
+        task_cgroups: task("cgroups")?,
+        css_set_subsys: r.byte_offset("css_set", "subsys")?,
+        // Without CONFIG_MEMCG there is no memory hierarchy: paths are left empty.
+        memory_cgrp_id: r
+            .enum_value("cgroup_subsys_id", "memory_cgrp_id")
+            .unwrap_or(u32::MAX),
+        css_cgroup: r.byte_offset("cgroup_subsys_state", "cgroup")?,
+        cgroup_kn: r.byte_offset("cgroup", "kn")?,
+        kernfs_name: r.byte_offset("kernfs_node", "name")?,
+        // Renamed in Linux 6.15 (it became RCU-protected).
+        kernfs_parent: r
+            .byte_offset("kernfs_node", "__parent")
+            .or_else(|_| r.byte_offset("kernfs_node", "parent"))?,
+        memcg_css: r.byte_offset("mem_cgroup", "css").unwrap_or(0),
+        mm_total_vm: r.byte_offset("mm_struct", "total_vm")?,
+        mm_pgtables_bytes: r.byte_offset("mm_struct", "pgtables_bytes")?,
+        signal_oom_score_adj: signal("oom_score_adj")?,
+        oom_control_memcg: r.byte_offset("oom_control", "memcg")?,
+        oom_control_constraint: r.byte_offset("oom_control", "constraint")?,
+        mark_victim_has_task: (r.tracepoint_arity("mark_victim")? >= 2) as u32,
+        css_parent: r.byte_offset("cgroup_subsys_state", "parent")?,
+        memcg_memory: r.byte_offset("mem_cgroup", "memory").unwrap_or(0),
+        page_counter_usage: r.byte_offset("page_counter", "usage").unwrap_or(0),
+        page_counter_max: r.byte_offset("page_counter", "max").unwrap_or(0),
     })
 }
 
@@ -144,6 +168,22 @@ impl Resolver<'_> {
         Err(not_found())
     }
 
+    /// The value of enumerator `name` of `enum enum_name`.
+    fn enum_value(&self, enum_name: &str, name: &str) -> Option<u32> {
+        self.btf
+            .resolve_types_by_name(enum_name)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Enum(e) => e
+                    .members
+                    .iter()
+                    .find(|m| self.btf.resolve_name(*m).ok().as_deref() == Some(name))
+                    .map(|m| m.val()),
+                _ => None,
+            })
+    }
+
     fn named_struct(&self, name: &str) -> Option<Struct> {
         self.btf
             .resolve_types_by_name(name)
@@ -223,6 +263,12 @@ mod tests {
             o.mm_rss_stride == 8 || o.mm_rss_stride >= 24,
             "stride {}",
             o.mm_rss_stride
+        );
+        assert!(o.memory_cgrp_id < 32, "memory_cgrp_id {}", o.memory_cgrp_id);
+        assert!(o.mm_total_vm > 0 && o.mm_pgtables_bytes > 0 && o.kernfs_name > 0);
+        assert!(
+            o.oom_control_constraint > o.oom_control_memcg,
+            "constraint follows memcg in oom_control"
         );
     }
 

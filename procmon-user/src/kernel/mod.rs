@@ -9,7 +9,7 @@ use std::path::Path;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, FEntry, FExit},
     Ebpf, EbpfLoader,
 };
 use caps::{CapSet, Capability};
@@ -73,11 +73,12 @@ pub const SAMPLE_PROGRAM: &str = "sample_tasks";
 
 /// sched_switch completes exit records at the dying thread's last context switch
 /// (procmon-ebpf/src/probes/switch.rs); it is attached first so no exit waits forever.
-const PROGRAMS: [&str; 4] = [
+const PROGRAMS: [&str; 5] = [
     "sched_switch",
     "sched_process_fork",
     "sched_process_exec",
     "sched_process_exit",
+    "mark_victim",
 ];
 
 pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
@@ -120,6 +121,9 @@ pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
             tracepoint: "iter/task",
             source,
         })?;
+    // Optional: without it the OOM probe infers a memory cgroup constraint from the page
+    // counters instead (probes/oom.rs).
+    let _ = attach_oom_context(&mut ebpf, &kernel_btf);
     let events = ebpf
         .take_map("EVENTS")
         .and_then(|m| RingBuf::try_from(m).ok())
@@ -133,6 +137,25 @@ pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
         events,
         stats,
     })
+}
+
+/// fentry/fexit on `out_of_memory()` (probes/oom.rs): the exact OOM constraint and memory
+/// cgroup. They need trampolines (BPF_TRACE_FENTRY), which some kernels refuse (on the
+/// 6.18 test VM loading any fentry program fails with EPERM).
+fn attach_oom_context(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), aya::programs::ProgramError> {
+    let enter: &mut FEntry = ebpf
+        .program_mut("oom_enter")
+        .expect("program compiled into the object")
+        .try_into()?;
+    enter.load("out_of_memory", btf)?;
+    enter.attach()?;
+    let exit: &mut FExit = ebpf
+        .program_mut("oom_exit")
+        .expect("program compiled into the object")
+        .try_into()?;
+    exit.load("out_of_memory", btf)?;
+    exit.attach()?;
+    Ok(())
 }
 
 /// Sums the probes' per-CPU counters.

@@ -1,0 +1,118 @@
+//! The `oom_kill` event: the kernel's record of the victim, completed from the agent's
+//! process tree (executable, ancestry).
+
+use procmon_common::{oom_flags, OomKillRecord};
+
+use crate::{
+    clock::rfc3339,
+    events::{self, Ancestor, EventKind, EventMsg, LastSample, OomKillEvent},
+    ingest::Batch,
+    procfs,
+    record::cgroup_path,
+    tree::Tree,
+};
+
+/// `enum oom_constraint` (include/linux/oom.h), unchanged since Linux 2.6.35.
+/// With [`oom_flags::INFERRED`], 0 means no memory cgroup was at its limit: `global`.
+pub fn constraint_name(flags: u32, constraint: u32) -> &'static str {
+    if flags & (oom_flags::CONTEXT | oom_flags::INFERRED) == 0 {
+        return "unknown";
+    }
+    match constraint {
+        0 => "global",
+        1 => "cpuset",
+        2 => "memory_policy",
+        3 => "memcg",
+        _ => "unknown",
+    }
+}
+
+/// A process's ancestors from the tree, nearest first (its parent is `ppid`).
+pub fn ancestry(tree: &Tree, ppid: u32) -> Vec<Ancestor> {
+    tree.ancestry(ppid)
+        .into_iter()
+        .map(|(pid, comm)| Ancestor {
+            pid,
+            comm: comm.map(|c| c.to_lossy()),
+        })
+        .collect()
+}
+
+pub fn render_oom_kill(
+    batch: &Batch<'_>,
+    r: &OomKillRecord,
+    comm: &str,
+    cgroup: Option<&str>,
+    workload: &str,
+) -> EventMsg {
+    let has_task = r.flags & oom_flags::TASK != 0;
+    let page = page_size();
+    let time = rfc3339(batch.clock.at(r.time_ns));
+    // The victim was sent SIGKILL but is usually still alive while it releases memory, so
+    // /proc can fill in what the tree never saw (processes older than the agent).
+    let exe = batch
+        .state
+        .tree
+        .get_exact(r.pid, r.start_ns)
+        .and_then(|p| p.exe.as_deref().map(str::to_string))
+        .or_else(|| {
+            has_task
+                .then(|| procfs::read_exe(&batch.ingest.proc_root, r.pid, r.start_ns))
+                .flatten()
+        });
+    let memcg = if r.flags & oom_flags::MEMCG != 0 {
+        cgroup_path(&r.memcg)
+    } else {
+        None
+    };
+    let ancestry = if has_task {
+        ancestry(&batch.state.tree, r.ppid)
+    } else {
+        Vec::new()
+    };
+    events::render(
+        EventKind::OomKill,
+        &OomKillEvent {
+            kind: EventKind::OomKill,
+            time: &time,
+            pid: r.pid,
+            ppid: r.ppid,
+            comm,
+            exe: exe.as_deref(),
+            uid: has_task.then_some(r.uid),
+            cgroup,
+            workload,
+            constraint: constraint_name(r.flags, r.constraint),
+            memcg: memcg.as_deref(),
+            rss_anon_bytes: r.rss_anon_pages * page,
+            rss_file_bytes: r.rss_file_pages * page,
+            rss_shmem_bytes: r.rss_shmem_pages * page,
+            total_vm_bytes: r.total_vm_pages * page,
+            pgtables_bytes: r.pgtables_bytes,
+            oom_score_adj: r.oom_score_adj,
+            ancestry: &ancestry,
+            last_sample: LastSample::of(batch.state.tree.get_exact(r.pid, r.start_ns), r.time_ns),
+        },
+    )
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_constraints() {
+        let ctx = oom_flags::CONTEXT;
+        assert_eq!(constraint_name(ctx, 0), "global");
+        assert_eq!(constraint_name(ctx, 3), "memcg");
+        assert_eq!(constraint_name(0, 3), "unknown", "no OOM context traced");
+        assert_eq!(constraint_name(ctx, 42), "unknown");
+        assert_eq!(constraint_name(oom_flags::INFERRED, 0), "global");
+        assert_eq!(constraint_name(oom_flags::INFERRED, 3), "memcg");
+    }
+}

@@ -1,0 +1,158 @@
+//! A real OOM kill inside a memory cgroup: the agent must report exactly one `oom_kill`
+//! event whose victim and memory figures match the kernel's own report in /dev/kmsg, with
+//! the right cgroup, constraint and ancestry, followed by the victim's `oom_killed` exit.
+
+use std::time::Duration;
+
+use procmon_tests::{
+    as_pid, events_for, kmsg, memcg::Memcg, require_root, run_workload, wait_for, Agent,
+};
+use serde_json::Value;
+
+const LIMIT_BYTES: u64 = 64 << 20;
+/// Bounds the waits for the kernel's report and the agent's events (not speed assertions).
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[test]
+fn oom_kill_in_a_memory_cgroup_is_reported_like_the_kernel_does() {
+    let test = "oom::oom_kill_in_a_memory_cgroup_is_reported_like_the_kernel_does";
+    if !require_root(test) {
+        return;
+    }
+    let name = format!("procmon-oom-{}", std::process::id());
+    let Some(cg) = Memcg::create(&name, LIMIT_BYTES) else {
+        if procmon_tests::in_ci() {
+            panic!("{test}: no cgroup memory controller and CI=true forbids skipping");
+        }
+        eprintln!("SKIPPED {test}: no cgroup memory controller (v1 memory or v2 with memory)");
+        return;
+    };
+    let mut log = kmsg::Kmsg::open_at_end();
+    let agent = Agent::start(&[]);
+
+    let dir = cg.dir().to_str().expect("UTF-8 cgroup path");
+    let report = run_workload(env!("CARGO_BIN_EXE_oom_tree"), &[dir]);
+    let (parent, victim) = (as_pid(&report["parent"]), as_pid(&report["child"]));
+    assert_eq!(
+        report["child_status"],
+        libc::SIGKILL,
+        "the child was not OOM-killed: {report}"
+    );
+
+    // The kernel's report of this kill.
+    let mut lines = Vec::new();
+    let killed = wait_for(TIMEOUT, || {
+        lines.extend(log.read_new());
+        lines
+            .iter()
+            .filter_map(|l| kmsg::parse_killed(l))
+            .find(|k| k.pid == victim)
+    })
+    .unwrap_or_else(|| panic!("no 'Killed process {victim}' in /dev/kmsg; new lines: {lines:#?}"));
+    let summary = lines
+        .iter()
+        .filter_map(|l| kmsg::parse_oom_kill_summary(l))
+        .find(|s| s.contains(&("pid".into(), victim.to_string())))
+        .unwrap_or_else(|| panic!("no oom-kill summary for {victim} in {lines:#?}"));
+    let kernel = |k: &str| -> String {
+        summary
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {k} in {summary:?}"))
+    };
+    assert_eq!(kernel("constraint"), "CONSTRAINT_MEMCG");
+    assert_eq!(kernel("oom_memcg"), cg.path);
+
+    let events = wait_for(TIMEOUT, || {
+        let ev = agent.events();
+        (!events_for(&ev, "exit", parent).is_empty()).then_some(ev)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no exit event of oom_tree {parent}; {} events",
+            agent.events().len()
+        )
+    });
+
+    let ooms: Vec<&Value> = events.iter().filter(|e| e["kind"] == "oom_kill").collect();
+    assert_eq!(
+        ooms.len(),
+        1,
+        "exactly one oom_kill event expected: {ooms:#?}"
+    );
+    let o = ooms[0];
+    assert_eq!(o["pid"], victim, "victim pid in {o}");
+    assert_eq!(o["ppid"], parent, "victim ppid in {o}");
+    assert_eq!(o["comm"], killed.comm, "comm in {o}");
+    assert_eq!(o["uid"], killed.uid, "uid in {o}");
+    assert_eq!(
+        o["oom_score_adj"], killed.oom_score_adj,
+        "oom_score_adj in {o}"
+    );
+    assert_eq!(o["oom_score_adj"], 500, "oom_tree's child sets 500: {o}");
+    // The same counters the kernel printed, read at the same point: exact.
+    for (field, kb) in [
+        ("rss_anon_bytes", killed.anon_rss_kb),
+        ("rss_file_bytes", killed.file_rss_kb),
+        ("rss_shmem_bytes", killed.shmem_rss_kb),
+        ("total_vm_bytes", killed.total_vm_kb),
+        ("pgtables_bytes", killed.pgtables_kb),
+    ] {
+        assert_eq!(
+            o[field],
+            kb * 1024,
+            "{field} vs the kernel's {kb} kB in {o}"
+        );
+    }
+    assert!(
+        killed.anon_rss_kb * 1024 > LIMIT_BYTES / 2,
+        "the victim held most of the limit: {killed:?}"
+    );
+    assert_eq!(o["cgroup"], kernel("task_memcg"), "cgroup in {o}");
+    assert_eq!(o["constraint"], "memcg", "constraint in {o}");
+    assert_eq!(o["memcg"], kernel("oom_memcg"), "memcg in {o}");
+    assert_eq!(o["workload"], name, "workload in {o}");
+    let exe = o["exe"].as_str().unwrap_or_else(|| panic!("no exe in {o}"));
+    assert!(exe.ends_with("oom_tree"), "exe in {o}");
+    let ancestry = o["ancestry"].as_array().expect("ancestry array");
+    assert_eq!(
+        ancestry[0],
+        serde_json::json!({"pid": parent, "comm": "oom_tree"})
+    );
+    assert_eq!(
+        ancestry[1]["pid"],
+        std::process::id(),
+        "the test ran oom_tree: {o}"
+    );
+    assert_eq!(
+        ancestry.last().unwrap()["pid"],
+        1,
+        "ancestry reaches init: {o}"
+    );
+    assert!(o.get("last_sample").is_some_and(Value::is_null), "{o}");
+
+    let exits = events_for(&events, "exit", victim);
+    assert_eq!(exits.len(), 1, "one exit for the victim: {exits:#?}");
+    assert_eq!(exits[0]["outcome"], "oom_killed", "{}", exits[0]);
+    assert_eq!(exits[0]["signal"], libc::SIGKILL, "{}", exits[0]);
+    let crashes = events_for(&events, "crash", victim);
+    assert_eq!(
+        crashes.len(),
+        1,
+        "one crash event for the victim: {crashes:#?}"
+    );
+    assert_eq!(crashes[0]["outcome"], "oom_killed");
+    assert_eq!(crashes[0]["cgroup"], cg.path.as_str());
+    let position = |e: &Value| events.iter().position(|x| x == e).unwrap();
+    assert!(
+        position(o) < position(exits[0]),
+        "the oom_kill event comes before the victim's exit"
+    );
+
+    let m = agent.metrics();
+    let labels = [("workload", name.as_str()), ("signal", "SIGKILL")];
+    assert_eq!(m.get("procmon_oom_kills_total", &labels), Some(1.0));
+    assert_eq!(m.get("procmon_crashes_total", &labels), Some(1.0));
+    assert!(m.get_or_zero("procmon_process_exits_total", &[("outcome", "oom_killed")]) >= 1.0);
+}

@@ -1,0 +1,198 @@
+//! `/events` over a real socket: a reading client gets every event of a 20,000-event burst
+//! while another client stays connected without reading, and the agent's memory stays
+//! bounded; a late client can replay the kept history.
+
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use procmon_tests::{
+    as_pid, require_root, run_workload,
+    sse::{Message, SseClient},
+    wait_for, Agent,
+};
+use serde_json::Value;
+
+/// 10,000 short-lived children: 20,000 fork + exit events.
+const CHILDREN: usize = 10_000;
+/// Bounds the wait for the reading client to see the whole burst (not a speed assertion).
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// The agent's buffers are bounded: 64 Ki events per consumer plus 4096 of history, a few
+/// hundred bytes each. Anything far beyond that would mean the stalled client is buffered
+/// without bound.
+const RSS_GROWTH_LIMIT_KB: u64 = 96 * 1024;
+
+fn vm_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
+#[test]
+fn slow_client_never_stalls_a_reading_client_and_memory_stays_bounded() {
+    if !require_root("sse::slow_client_never_stalls_a_reading_client_and_memory_stays_bounded") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+
+    // The stalled client: connected, reading nothing, with a small receive buffer.
+    let stalled = TcpStream::connect(agent.addr).expect("connecting the stalled client");
+    let rcvbuf: libc::c_int = 4096;
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            stalled.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&rcvbuf as *const libc::c_int).cast(),
+            std::mem::size_of_val(&rcvbuf) as libc::socklen_t,
+        );
+    }
+    use std::io::Write;
+    write!(
+        &stalled,
+        "GET /events HTTP/1.0\r\nHost: {}\r\n\r\n",
+        agent.addr
+    )
+    .unwrap();
+
+    let mut reader = SseClient::connect(agent.addr, "/events?kind=fork,exit", &[]);
+    reader.set_timeout(Duration::from_secs(5));
+    wait_for(Duration::from_secs(10), || {
+        (agent.metrics().get_or_zero("procmon_sse_clients", &[]) >= 2.0).then_some(())
+    })
+    .expect("both /events clients connected");
+    let rss_before = vm_rss_kb(agent.pid());
+
+    // Read in the background while the burst runs; stop at the burst process's own exit.
+    let (tx, rx) = std::sync::mpsc::channel::<u32>();
+    let collector = thread::spawn(move || {
+        let mut messages: Vec<Message> = Vec::new();
+        let mut burst_pid: Option<u32> = None;
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            if burst_pid.is_none() {
+                burst_pid = rx.try_recv().ok();
+            }
+            let done = burst_pid.is_some_and(|p| {
+                messages.iter().any(|m| {
+                    m.event.as_deref() == Some("exit")
+                        && serde_json::from_str::<Value>(&m.data).unwrap()["pid"] == p
+                })
+            });
+            if done {
+                break;
+            }
+            if let Some(m) = reader.next_message() {
+                messages.push(m);
+            }
+        }
+        messages
+    });
+    let burst = run_workload(env!("CARGO_BIN_EXE_burst"), &[&CHILDREN.to_string()]);
+    let pid = as_pid(&burst["pid"]);
+    tx.send(pid).unwrap();
+    let messages = collector.join().expect("collector thread");
+    let rss_after = vm_rss_kb(agent.pid());
+
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.event.as_deref() != Some("dropped")),
+        "the reading client lost events"
+    );
+    let ids: Vec<u64> = messages
+        .iter()
+        .map(|m| m.id.expect("every event has an id"))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase");
+    let events: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let v: Value = serde_json::from_str(&m.data)
+                .unwrap_or_else(|e| panic!("data is not JSON ({e}): {:?}", m.data));
+            assert_eq!(
+                Some(v["kind"].as_str().unwrap()),
+                m.event.as_deref(),
+                "event: = kind"
+            );
+            v
+        })
+        .collect();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["kind"] == "fork" || e["kind"] == "exit"),
+        "kind filter"
+    );
+    let count = |kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind && e["ppid"] == pid)
+            .count()
+    };
+    assert_eq!(
+        count("fork"),
+        CHILDREN,
+        "fork events of the burst's children"
+    );
+    assert_eq!(
+        count("exit"),
+        CHILDREN,
+        "exit events of the burst's children"
+    );
+    assert!(
+        rss_after <= rss_before + RSS_GROWTH_LIMIT_KB,
+        "agent VmRSS grew from {rss_before} kB to {rss_after} kB with a stalled client"
+    );
+    eprintln!(
+        "agent VmRSS {rss_before} kB -> {rss_after} kB over {} events",
+        ids.len()
+    );
+    drop(stalled);
+
+    // A late client asks for everything: the kept history (4096) comes first, and what is
+    // no longer kept is announced as dropped.
+    let mut late = SseClient::connect(agent.addr, "/events?since=0&kind=exit", &[]);
+    late.set_timeout(Duration::from_secs(5));
+    let first = late.next_message().expect("a first message");
+    assert_eq!(first.event.as_deref(), Some("dropped"), "{first:?}");
+    let dropped: Value = serde_json::from_str(&first.data).unwrap();
+    assert!(dropped["dropped"].as_u64().unwrap() > 0, "{first:?}");
+    let replayed = late.next_message().expect("a replayed event");
+    assert_eq!(replayed.event.as_deref(), Some("exit"));
+    // Last-Event-ID resumes right after that event.
+    let id = replayed.id.unwrap();
+    let mut resumed = SseClient::connect(
+        agent.addr,
+        "/events?kind=exit",
+        &[&format!("Last-Event-ID: {id}")],
+    );
+    resumed.set_timeout(Duration::from_secs(5));
+    let next = resumed
+        .next_message()
+        .expect("an event after Last-Event-ID");
+    assert!(next.id.unwrap() > id, "{next:?} after {id}");
+    assert_eq!(next.event.as_deref(), Some("exit"));
+
+    let (status, stderr) = agent.stop();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "clean shutdown with clients connected: {stderr}"
+    );
+}
+
+#[test]
+fn bad_kind_filter_is_a_400() {
+    if !require_root("sse::bad_kind_filter_is_a_400") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let (status, body) = procmon_tests::http_get(agent.addr, "/events?kind=bogus").unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bogus"), "{body}");
+}
