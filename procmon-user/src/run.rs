@@ -404,7 +404,7 @@ pub async fn execute(
     let started = std::time::Instant::now();
     let spawned = {
         let mut state = pipeline.shared.lock();
-        cmd.spawn().map(|child| {
+        cmd.spawn().inspect(|child| {
             let crate::ingest::State {
                 tree,
                 attribution,
@@ -412,7 +412,6 @@ pub async fn execute(
             } = &mut *state;
             attribution.watch_pid(tree, child.id());
             *run_log = Some(RunLog::new(child.id(), tree));
-            child
         })
     };
     let mut child = match spawned {

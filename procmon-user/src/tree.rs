@@ -40,7 +40,7 @@ impl Comm {
     }
 
     /// For labels and JSON: invalid UTF-8 becomes U+FFFD.
-    pub fn to_lossy(&self) -> String {
+    pub fn to_lossy(self) -> String {
         String::from_utf8_lossy(self.as_bytes()).into_owned()
     }
 }
