@@ -5,75 +5,19 @@
 //! so an event costs O(units of that process) and nothing walks the tree. Exited processes
 //! add their exact final CPU to their units; live ones are summed from the latest sample.
 
-use std::{collections::BTreeMap, fmt, str::FromStr, sync::Arc};
+mod selector;
+mod snapshot;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+pub use selector::Selector;
 
 use crate::{
-    metrics::{AttributionSnapshot, UnitRow, WorkloadRow},
     tree::{same_start, Comm, Process, Tree},
     workload::{self, WorkloadId, Workloads},
 };
 
 pub type UnitId = u32;
-
-/// Which processes are watched: their direct children are attributed individually.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Selector {
-    Pid(u32),
-    Comm(String),
-    Exe(String),
-    Cgroup(String),
-}
-
-impl FromStr for Selector {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, value) = s.split_once(':').ok_or_else(|| {
-            format!("watch selector `{s}` needs a kind: pid:N, comm:NAME, exe:PATH or cgroup:PATH")
-        })?;
-        if value.is_empty() {
-            return Err(format!("watch selector `{s}` has an empty value"));
-        }
-        match kind {
-            "pid" => value
-                .parse()
-                .map(Selector::Pid)
-                .map_err(|_| format!("watch selector `{s}`: `{value}` is not a pid")),
-            "comm" => Ok(Selector::Comm(value.to_string())),
-            "exe" => Ok(Selector::Exe(value.to_string())),
-            "cgroup" => Ok(Selector::Cgroup(value.trim_end_matches('/').to_string())),
-            _ => Err(format!(
-                "watch selector `{s}`: unknown kind `{kind}` (expected pid, comm, exe or cgroup)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Selector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Selector::Pid(p) => write!(f, "pid:{p}"),
-            Selector::Comm(c) => write!(f, "comm:{c}"),
-            Selector::Exe(e) => write!(f, "exe:{e}"),
-            Selector::Cgroup(c) => write!(f, "cgroup:{c}"),
-        }
-    }
-}
-
-impl Selector {
-    /// Selectors on names and images are checked when a process execs (or is found at
-    /// start), not at fork: a forked child still bears its parent's name.
-    fn matches_image(&self, p: &Process) -> bool {
-        match self {
-            Selector::Comm(c) => p.comm.as_bytes() == c.as_bytes(),
-            Selector::Exe(e) => p.exe.as_deref() == Some(e.as_str()),
-            Selector::Pid(_) | Selector::Cgroup(_) => false,
-        }
-    }
-
-    fn matches_cgroup(&self, path: &str) -> bool {
-        matches!(self, Selector::Cgroup(c) if path == c || path.strip_prefix(c.as_str()).is_some_and(|rest| rest.starts_with('/')))
-    }
-}
 
 /// The last sampled state of a live process.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -420,80 +364,6 @@ impl Attribution {
         if let Some(watch) = watch {
             self.make_root(tree, pid, watch);
         }
-    }
-
-    /// The metric rows: one per watched root, one per labelled child, one overflow row per
-    /// root for children past the cap, one per workload that has been seen.
-    pub fn snapshot(&self, now_ns: u64) -> AttributionSnapshot {
-        let mut snap = AttributionSnapshot {
-            child_overflowed: self.child_overflowed,
-            workloads_overflowed: self.workloads.overflowed,
-            ..Default::default()
-        };
-        let row = |u: &Unit, watch: usize| UnitRow {
-            watch: self
-                .cfg
-                .selectors
-                .get(watch)
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-            root_pid: None,
-            pid: u.pid.to_string(),
-            comm: u.comm.to_lossy(),
-            cpu_seconds: u.cpu_ns() as f64 / 1e9,
-            rss_bytes: u.live_rss_bytes as f64,
-            peak_rss_bytes: u.peak_rss_bytes as f64,
-            descendants_started: u.descendants_started as f64,
-            cpu_ratio: u.cpu_ratio,
-            lifetime_seconds: u.lifetime_ns(now_ns) as f64 / 1e9,
-            alive: u.exited_at_ns.is_none(),
-        };
-        let mut overflow: BTreeMap<UnitId, UnitRow> = BTreeMap::new();
-        for u in self.units.values() {
-            match u.kind {
-                UnitKind::Root { watch } => snap.roots.push(row(u, watch)),
-                UnitKind::Child { root } => {
-                    let Some((root_unit, UnitKind::Root { watch })) =
-                        self.units.get(&root).map(|r| (r, r.kind))
-                    else {
-                        continue;
-                    };
-                    let mut r = row(u, watch);
-                    r.root_pid = Some(root_unit.pid);
-                    if u.labelled {
-                        snap.children.push(r);
-                        continue;
-                    }
-                    let sum = overflow.entry(root).or_insert_with(|| UnitRow {
-                        pid: workload::OVERFLOW.into(),
-                        comm: workload::OVERFLOW.into(),
-                        ..r.clone()
-                    });
-                    if !std::ptr::eq(sum, &r) {
-                        sum.cpu_seconds += r.cpu_seconds;
-                        sum.rss_bytes += r.rss_bytes;
-                        sum.peak_rss_bytes = sum.peak_rss_bytes.max(r.peak_rss_bytes);
-                        sum.descendants_started += r.descendants_started;
-                        sum.cpu_ratio += r.cpu_ratio;
-                        sum.lifetime_seconds = sum.lifetime_seconds.max(r.lifetime_seconds);
-                        sum.alive |= r.alive;
-                    }
-                }
-            }
-        }
-        snap.children.extend(overflow.into_values());
-        snap.workloads = self
-            .workloads()
-            .filter(|(_, w)| w.processes > 0 || w.exited_cpu_ns > 0)
-            .map(|(name, w)| WorkloadRow {
-                workload: name.to_string(),
-                cpu_seconds: (w.exited_cpu_ns + w.live_cpu_ns) as f64 / 1e9,
-                rss_bytes: w.live_rss_bytes as f64,
-                processes: w.processes as f64,
-                starts: w.starts as f64,
-            })
-            .collect();
-        snap
     }
 
     fn selector_for(&self, p: &Process) -> Option<usize> {

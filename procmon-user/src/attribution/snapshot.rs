@@ -1,0 +1,85 @@
+//! Attribution as metric rows, built under the state lock at scrape time.
+
+use std::collections::BTreeMap;
+
+use super::{Attribution, Unit, UnitId, UnitKind};
+use crate::{
+    metrics::{AttributionSnapshot, UnitRow, WorkloadRow},
+    workload,
+};
+
+impl Attribution {
+    /// The metric rows: one per watched root, one per labelled child, one overflow row per
+    /// root for children past the cap, one per workload that has been seen.
+    pub fn snapshot(&self, now_ns: u64) -> AttributionSnapshot {
+        let mut snap = AttributionSnapshot {
+            child_overflowed: self.child_overflowed,
+            workloads_overflowed: self.workloads.overflowed,
+            ..Default::default()
+        };
+        let row = |u: &Unit, watch: usize| UnitRow {
+            watch: self
+                .cfg
+                .selectors
+                .get(watch)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            root_pid: None,
+            pid: u.pid.to_string(),
+            comm: u.comm.to_lossy(),
+            cpu_seconds: u.cpu_ns() as f64 / 1e9,
+            rss_bytes: u.live_rss_bytes as f64,
+            peak_rss_bytes: u.peak_rss_bytes as f64,
+            descendants_started: u.descendants_started as f64,
+            cpu_ratio: u.cpu_ratio,
+            lifetime_seconds: u.lifetime_ns(now_ns) as f64 / 1e9,
+            alive: u.exited_at_ns.is_none(),
+        };
+        let mut overflow: BTreeMap<UnitId, UnitRow> = BTreeMap::new();
+        for u in self.units.values() {
+            match u.kind {
+                UnitKind::Root { watch } => snap.roots.push(row(u, watch)),
+                UnitKind::Child { root } => {
+                    let Some((root_unit, UnitKind::Root { watch })) =
+                        self.units.get(&root).map(|r| (r, r.kind))
+                    else {
+                        continue;
+                    };
+                    let mut r = row(u, watch);
+                    r.root_pid = Some(root_unit.pid);
+                    if u.labelled {
+                        snap.children.push(r);
+                        continue;
+                    }
+                    let sum = overflow.entry(root).or_insert_with(|| UnitRow {
+                        pid: workload::OVERFLOW.into(),
+                        comm: workload::OVERFLOW.into(),
+                        ..r.clone()
+                    });
+                    if !std::ptr::eq(sum, &r) {
+                        sum.cpu_seconds += r.cpu_seconds;
+                        sum.rss_bytes += r.rss_bytes;
+                        sum.peak_rss_bytes = sum.peak_rss_bytes.max(r.peak_rss_bytes);
+                        sum.descendants_started += r.descendants_started;
+                        sum.cpu_ratio += r.cpu_ratio;
+                        sum.lifetime_seconds = sum.lifetime_seconds.max(r.lifetime_seconds);
+                        sum.alive |= r.alive;
+                    }
+                }
+            }
+        }
+        snap.children.extend(overflow.into_values());
+        snap.workloads = self
+            .workloads()
+            .filter(|(_, w)| w.processes > 0 || w.exited_cpu_ns > 0)
+            .map(|(name, w)| WorkloadRow {
+                workload: name.to_string(),
+                cpu_seconds: (w.exited_cpu_ns + w.live_cpu_ns) as f64 / 1e9,
+                rss_bytes: w.live_rss_bytes as f64,
+                processes: w.processes as f64,
+                starts: w.starts as f64,
+            })
+            .collect();
+        snap
+    }
+}
