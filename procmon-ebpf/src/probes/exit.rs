@@ -72,9 +72,10 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     if death_signal < 64 && CGROUP_ON_SIGNALS & (1u64 << death_signal) != 0 {
         send_cgroup(&record, task, &o);
     }
+    add_group_cpu(&mut record, task, &o);
     if PENDING_EXITS.insert(&tid, &record, 0).is_err() {
         count(stat::EXIT_NOT_DEFERRED);
-        add_cpu_times(&mut record, task, &o);
+        add_own_cpu(&mut record, task, &o);
         send(&record);
     }
     0
@@ -101,21 +102,31 @@ fn send_cgroup(exit: &ExitRecord, task: Kptr, o: &KernelOffsets) {
     entry.submit(wakeup_flags());
 }
 
-/// Thread-group CPU totals: `signal_struct` holds released threads; the exiting thread's own
-/// counters are added, and a zombie leader's (folded in only when it is reaped).
+/// The thread group's CPU apart from the exiting thread: `signal_struct` holds threads
+/// already released, and a zombie leader's own counters are added (they are folded in only
+/// when it is reaped). NB: read at the exit tracepoint, before exit_notify(): once the
+/// parent can reap, release_task() adds this thread to `signal_struct` too, and reading
+/// both later would count it twice.
 #[inline(always)]
-pub fn add_cpu_times(r: &mut ExitRecord, task: Kptr, o: &KernelOffsets) {
+pub fn add_group_cpu(r: &mut ExitRecord, task: Kptr, o: &KernelOffsets) {
     let signal = task.ptr(o.task_signal);
-    r.utime_ns = signal.read::<u64>(o.signal_utime) + task.read::<u64>(o.task_utime);
-    r.stime_ns = signal.read::<u64>(o.signal_stime) + task.read::<u64>(o.task_stime);
-    r.runtime_ns =
-        signal.read::<u64>(o.signal_sum_sched_runtime) + task.read::<u64>(o.task_sum_exec_runtime);
+    r.utime_ns = signal.read::<u64>(o.signal_utime);
+    r.stime_ns = signal.read::<u64>(o.signal_stime);
+    r.runtime_ns = signal.read::<u64>(o.signal_sum_sched_runtime);
     let leader = task.ptr(o.task_group_leader);
     if leader != task {
         r.utime_ns += leader.read::<u64>(o.task_utime);
         r.stime_ns += leader.read::<u64>(o.task_stime);
         r.runtime_ns += leader.read::<u64>(o.task_sum_exec_runtime);
     }
+}
+
+/// The exiting thread's own counters: final at its last context switch.
+#[inline(always)]
+pub fn add_own_cpu(r: &mut ExitRecord, task: Kptr, o: &KernelOffsets) {
+    r.utime_ns += task.read::<u64>(o.task_utime);
+    r.stime_ns += task.read::<u64>(o.task_stime);
+    r.runtime_ns += task.read::<u64>(o.task_sum_exec_runtime);
 }
 
 #[inline(always)]

@@ -8,7 +8,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
     offsets,
-    probes::exit::{add_cpu_times, send},
+    probes::exit::{add_own_cpu, send},
     task::Kptr,
     PENDING_EXITS,
 };
@@ -30,7 +30,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     };
     // SAFETY: the pointer is a live map value; only this CPU's final switch of `tid` uses it.
     let record = unsafe { &mut *pending };
-    add_cpu_times(record, prev, &o);
+    add_own_cpu(record, prev, &o);
     send(record);
     let _ = PENDING_EXITS.remove(&tid);
     0
