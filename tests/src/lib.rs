@@ -18,6 +18,7 @@ use serde_json::Value;
 pub mod kmsg;
 pub mod memcg;
 pub mod sse;
+pub mod workload;
 
 /// How long the agent may take to load and attach its programs and start serving.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -353,6 +354,143 @@ impl Drop for Agent {
     }
 }
 
+/// `procmon <args>` (e.g. `run --json FILE -- CMD`), not yet spawned: run it with
+/// [`run_with_timeout`].
+pub fn procmon(args: &[&str]) -> Command {
+    let mut cmd = Command::new(procmon_bin());
+    cmd.args(args);
+    cmd
+}
+
+/// Bounds how long a [`Workload`] may take to exit once its stdin is closed.
+const WORKLOAD_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A workload binary of this crate that runs alongside the agent, following one protocol:
+/// it starts, blocks until it reads a byte on stdin ([`Workload::release`]), does its work,
+/// prints one JSON line ([`Workload::report`]) and then stays alive (so it can be watched
+/// and scraped) until its stdin is closed ([`Workload::finish`], or drop, which also kills
+/// it if it does not exit).
+pub struct Workload {
+    name: String,
+    child: Option<Child>,
+    stdin: Option<std::process::ChildStdin>,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Workload {
+    pub fn spawn(path: &str, args: &[&str]) -> Workload {
+        let name = Path::new(path)
+            .file_name()
+            .map_or(path.into(), |n| n.to_string_lossy().into_owned());
+        let dir = TempDir::new(&format!("workload-{name}"));
+        let stdout_path = dir.path().join("stdout");
+        let stderr_path = dir.path().join("stderr");
+        let mut child = Command::new(path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(fs::File::create(&stdout_path).expect("creating workload stdout file"))
+            .stderr(fs::File::create(&stderr_path).expect("creating workload stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {path}: {e}"));
+        let stdin = child.stdin.take();
+        Workload {
+            name,
+            child: Some(child),
+            stdin,
+            stdout_path,
+            stderr_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("workload already finished").id()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Lets the workload start its work.
+    pub fn release(&mut self) {
+        let stdin = self.stdin.as_mut().expect("workload stdin already closed");
+        stdin
+            .write_all(b"\n")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("releasing {}: {e}; stderr:\n{}", self.name, self.stderr()));
+    }
+
+    /// Waits (bounded) for the workload's JSON report line and parses it. Panics with its
+    /// stderr if it exits first or prints something that is not JSON.
+    pub fn report(&mut self, timeout: Duration) -> Value {
+        let line = wait_for(timeout, || {
+            let text = fs::read_to_string(&self.stdout_path).unwrap_or_default();
+            if let Some(i) = text.find('\n') {
+                return Some(text[..i].to_string());
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                panic!(
+                    "{} exited with {status} before reporting; stdout:\n{text}\nstderr:\n{}",
+                    self.name,
+                    self.stderr()
+                );
+            }
+            None
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} printed no report within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            )
+        });
+        serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("{} printed non-JSON ({e}): {line}", self.name))
+    }
+
+    /// Closes stdin (the workload's signal to end) and waits for it to exit; kills it if it
+    /// does not within a bound.
+    pub fn finish(mut self) -> ExitStatus {
+        self.end()
+    }
+
+    fn end(&mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        let mut child = self.child.take().expect("workload already finished");
+        match wait_for(WORKLOAD_EXIT_TIMEOUT, || {
+            child.try_wait().expect("try_wait")
+        }) {
+            Some(status) => status,
+            None => {
+                eprintln!(
+                    "{} still running {WORKLOAD_EXIT_TIMEOUT:?} after its stdin closed; killing it",
+                    self.name
+                );
+                let _ = child.kill();
+                child.wait().expect("waiting for the killed workload")
+            }
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.end();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} stderr ---\n{}--- end {} stderr ---",
+                self.name,
+                self.stderr(),
+                self.name
+            );
+        }
+    }
+}
+
 /// Events of one `kind` for one `pid`.
 pub fn events_for<'a>(events: &'a [Value], kind: &str, pid: u32) -> Vec<&'a Value> {
     events
@@ -403,6 +541,25 @@ impl Metrics {
                         .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
             })
             .map(|s| s.value)
+    }
+
+    /// Series of metric `name` whose labels include all of `labels` (others may be present).
+    pub fn matching<'a: 'b, 'b>(
+        &'a self,
+        name: &'b str,
+        labels: &'b [(&'b str, &'b str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'b {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// The sum of [`Metrics::matching`] series (0 when there are none).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|s| s.value).sum()
     }
 
     /// [`Metrics::get`], with a series not (yet) exported counting as 0: counter vectors
@@ -554,6 +711,22 @@ weird{path="C:\\dir\"x\"\nnext"} NaN
             0.0
         );
         assert_eq!(m.series("procmon_process_exits_total").count(), 2);
+    }
+
+    #[test]
+    fn matching_is_a_label_subset() {
+        let m = Metrics::parse(PAGE).unwrap();
+        assert_eq!(m.matching("procmon_process_exits_total", &[]).count(), 2);
+        assert_eq!(
+            m.matching("procmon_events_lost_total", &[("kind", "exit")])
+                .count(),
+            1
+        );
+        assert_eq!(m.sum("procmon_process_exits_total", &[]), 43.0);
+        assert_eq!(
+            m.sum("procmon_process_exits_total", &[("outcome", "error")]),
+            0.0
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use procmon_tests::{require_root, require_tool, run_workload, wait_for, Agent};
+use procmon_tests::{require_root, require_tool, run_workload, wait_for, Agent, Workload};
 
 #[test]
 fn metrics_pass_promtool_check() {
@@ -36,8 +36,49 @@ fn metrics_pass_promtool_check() {
             agent.scrape()
         )
     });
-    let text = agent.scrape();
+    promtool_check(&agent.scrape());
+}
 
+/// Per-child series of a watched process (`--watch comm:NAME`, matched at exec) must pass
+/// too: they are the one place with pid labels.
+#[test]
+fn watched_children_metrics_pass_promtool_check() {
+    let test = "promtool::watched_children_metrics_pass_promtool_check";
+    if !require_root(test)
+        || !require_tool(
+            test,
+            "promtool",
+            "Debian package prometheus; `cargo xtask test` installs it",
+        )
+    {
+        return;
+    }
+    let agent = Agent::start(&["--watch", "comm:busy", "--sample-interval", "200ms"]);
+    // Started after the agent: the selector matches it at exec. Two sleeping children.
+    let mut w = Workload::spawn(env!("CARGO_BIN_EXE_busy"), &["0", "0"]);
+    w.release();
+    w.report(Duration::from_secs(30));
+    let root = w.pid().to_string();
+    let labels = [("watch", "comm:busy"), ("root_pid", root.as_str())];
+    wait_for(Duration::from_secs(30), || {
+        let m = agent.metrics();
+        (m.matching("procmon_child_alive", &labels).count() == 2
+            && m.matching("procmon_child_cpu_usage_ratio", &labels).count() == 2)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no procmon_child_alive / procmon_child_cpu_usage_ratio series for the 2 children \
+             of busy (pid {root}, --watch comm:busy); /metrics:\n{}",
+            agent.scrape()
+        )
+    });
+    promtool_check(&agent.scrape());
+    assert_eq!(w.finish().code(), Some(0), "busy exit status");
+}
+
+/// Runs `promtool check metrics` on `text`; panics with its output unless it passes.
+fn promtool_check(text: &str) {
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -47,7 +88,7 @@ fn metrics_pass_promtool_check() {
         .expect("spawning promtool");
     // Write from a thread: with a large page and chatty output both pipes could fill.
     let mut stdin = promtool.stdin.take().unwrap();
-    let page = text.clone();
+    let page = text.to_string();
     let writer = std::thread::spawn(move || stdin.write_all(page.as_bytes()));
     let out = promtool.wait_with_output().expect("waiting for promtool");
     writer

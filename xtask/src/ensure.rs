@@ -33,12 +33,13 @@ impl Need {
             ),
             Need::Agent => (&[], ""),
             Need::Tests => (
-                &["prometheus"],
-                "the end-to-end tests check /metrics with promtool",
+                &["prometheus", "make"],
+                "the end-to-end tests check /metrics with promtool and trace a make -j2 build",
             ),
             Need::Bench => (
-                &["stress-ng", "bpftool"],
-                "the benchmarks generate fork storms with stress-ng",
+                &["stress-ng", "bpftool", "prometheus-process-exporter"],
+                "the benchmarks generate fork storms with stress-ng, read BPF stats with bpftool \
+                 and compare sampling against process-exporter",
             ),
         }
     }
