@@ -25,15 +25,17 @@ pub fn run(root: &Path) -> Result<()> {
 
     // Default members only (procmon-common, procmon-user, xtask): `--workspace` would also pick
     // procmon-ebpf, which only builds for the BPF target, and the privileged tests.
+    let mut tally = cmd::TestTally::default();
     header("unit tests (no root)");
-    cmd::run(cmd::cargo(root).args(["test", "--release"])).context("unit tests failed")?;
+    cmd::run_tests(cmd::cargo(root).args(["test", "--release"]), &mut tally)
+        .context("unit tests failed")?;
 
     header("build release agent");
     crate::build_agent(root)?;
 
     header("end-to-end tests (root, one at a time)");
     let agent = crate::agent_path(root);
-    cmd::run(
+    cmd::run_tests(
         cmd::cargo(root)
             .args([
                 "test",
@@ -44,9 +46,12 @@ pub fn run(root: &Path) -> Result<()> {
                 "--test-threads=1",
             ])
             .env("PROCMON_BIN", &agent),
+        &mut tally,
     )
     .context("end-to-end tests failed")?;
 
     eprintln!("\nall stages passed");
+    // The plain closing line CI reads: every test of every stage.
+    println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(())
 }
