@@ -1,14 +1,24 @@
-//! `cargo xtask bench`: what the agent costs the workloads it watches.
+//! `cargo xtask bench [fork|sample|all]`: what the agent costs.
 //!
-//! Two kinds of figures. End to end: each round runs every workload once without and once with
-//! the agent, back to back, alternating which goes first (ABBA: a drift of the machine during
-//! the bench favours neither side), and the verdict is the median of the per-round ratios; on a
-//! shared VM those still scatter by more than a few percent, so their IQR is printed as the
-//! resolution. Deterministic: the kernel's accounting of the probes' run time (bpf.rs), which
-//! does not depend on the neighbours. Missed targets are reported, not failed: this measures.
+//! `fork`: what the agent costs the workloads it watches. Two kinds of figures. End to end: each
+//! round runs every workload once without and once with the agent, back to back, alternating
+//! which goes first (ABBA: a drift of the machine during the bench favours neither side), and
+//! the verdict is the median of the per-round ratios; on a shared VM those still scatter by more
+//! than a few percent, so their IQR is printed as the resolution. Deterministic: the kernel's
+//! accounting of the probes' run time (bpf.rs), which does not depend on the neighbours.
+//!
+//! `sample`: sampling CPU and RSS of 10,000 live processes, procmon's task iterator against a
+//! /proc poller and prometheus-process-exporter (sample.rs).
+//!
+//! Missed targets are reported, not failed: this measures.
 mod agent;
 mod bpf;
+mod exporter;
+mod idle;
+mod procpoll;
+mod prom;
 mod report;
+mod sample;
 mod stress;
 mod table;
 
@@ -22,8 +32,20 @@ use anyhow::{Context, Result};
 use crate::ensure;
 use report::{Round, Row};
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Which {
+    /// Fork-storm throughput with and without the agent.
+    Fork,
+    /// Sampling 10,000 idle processes: procmon vs /proc vs process-exporter.
+    Sample,
+    All,
+}
+
 #[derive(clap::Args)]
 pub struct Options {
+    /// Which benchmark to run.
+    #[arg(value_enum, default_value_t = Which::All)]
+    which: Which,
     /// Baseline/with-agent pairs per workload.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
@@ -34,6 +56,16 @@ pub struct Options {
     /// target/release/procmon.
     #[arg(long, value_name = "PATH")]
     agent: Option<PathBuf>,
+    /// Idle processes for the sampling benchmark.
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    processes: u32,
+    /// How long the sampling benchmark lets the agent sample them before reading its figures.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    sample_seconds: u32,
 }
 
 /// A stress-ng load measured with and without the agent. Later benchmarks (exec storms,
@@ -69,7 +101,38 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     };
     let log_dir = root.join("target/bench");
     fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
-    // Restores the previous setting when dropped, on success and on error alike.
+    let mut summary: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    if matches!(options.which, Which::Fork | Which::All) {
+        fork_storms(&agent_bin, &log_dir, options, &mut summary, &mut notes)?;
+    }
+    if matches!(options.which, Which::Sample | Which::All) {
+        let (rows, sample_notes) = sample::run(
+            &agent_bin,
+            &log_dir,
+            options.processes,
+            options.sample_seconds,
+        )?;
+        summary.extend(rows);
+        notes.extend(sample_notes);
+    }
+    println!("\nsummary");
+    report::print_summary(&summary);
+    for note in notes {
+        println!("note: {note}");
+    }
+    Ok(())
+}
+
+fn fork_storms(
+    agent_bin: &Path,
+    log_dir: &Path,
+    options: &Options,
+    summary: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    // Restores the previous setting when dropped, on success and on error alike. Only for this
+    // benchmark: the stats time every program run, the sampling pass's iterator included.
     let _bpf_stats = bpf::StatsEnabled::enable()?;
 
     let mut rounds: Vec<Vec<Round>> = WORKLOADS.iter().map(|_| Vec::new()).collect();
@@ -92,7 +155,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
                 eprintln!("baseline: {:.2} bogo ops/s", baseline.ops_per_second);
                 Ok(baseline)
             };
-            let agent_run = || with_agent(&agent_bin, &log, workload, options.seconds);
+            let agent_run = || with_agent(agent_bin, &log, workload, options.seconds);
             // A tuple's elements are evaluated left to right: the second branch runs the
             // baseline first.
             let (baseline, agent_run) = if agent_first {
@@ -113,8 +176,6 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     }
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let mut summary: Vec<Row> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
     for (workload, results) in WORKLOADS.iter().zip(&rounds) {
         println!(
             "\n{} (stress-ng --{} {}, {} s per run, {cores} cores)",
@@ -126,14 +187,10 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         summary.extend(report::summarize(workload, results, cores));
         notes.extend(report::noise_note(workload, results));
     }
-    println!(
-        "\nsummary over {} rounds (throughput: end to end, noisy; probe CPU: deterministic)",
+    notes.push(format!(
+        "fork storm: {} rounds; throughput is end to end (noisy), probe CPU deterministic",
         options.rounds
-    );
-    report::print_summary(&summary);
-    for note in notes {
-        println!("note: {note}");
-    }
+    ));
     Ok(())
 }
 
@@ -146,7 +203,7 @@ struct AgentRun {
 }
 
 fn with_agent(bin: &Path, log: &Path, workload: &Workload, seconds: u32) -> Result<AgentRun> {
-    let agent = agent::Agent::start(bin, log)?;
+    let agent = agent::Agent::start(bin, log, &[])?;
     // Snapshots right around the storm: the probe counters accumulate from load time.
     let probes_before = bpf::snapshot(agent.pid())?;
     let cpu_before = agent.cpu_seconds()?;

@@ -39,7 +39,7 @@ enum Command {
     },
     /// Unit tests, then the privileged end-to-end tests (needs root).
     Test,
-    /// Fork-storm throughput with and without the agent (needs root).
+    /// Benchmarks (needs root): fork-storm overhead, sampling 10,000 processes.
     Bench(bench::Options),
 }
 

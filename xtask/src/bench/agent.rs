@@ -2,8 +2,8 @@
 //! the way an operator would (SIGTERM).
 use std::{
     fs::{self, File},
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -11,6 +11,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+use super::prom;
 
 /// Loading the programs and seeding the tree from /proc takes about a second here; the margin
 /// covers slow CI machines.
@@ -26,13 +28,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent and waits until GET /healthz answers 200.
-    pub fn start(bin: &Path, log: &Path) -> Result<Agent> {
+    /// Starts `procmon agent --listen <free port> <args>` and waits until GET /healthz answers
+    /// 200.
+    pub fn start(bin: &Path, log: &Path, args: &[String]) -> Result<Agent> {
         let addr = free_port()?;
         let log_file =
             File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut command = Command::new(bin);
-        command.args(["agent", "--listen", &addr.to_string()]);
+        command
+            .args(["agent", "--listen", &addr.to_string()])
+            .args(args);
         eprintln!(
             "$ {} (log: {})",
             crate::cmd::display(&command),
@@ -40,6 +45,7 @@ impl Agent {
         );
         // The log goes to a file, not a pipe: nobody reads a pipe while stress-ng runs, and a
         // full pipe would stall the agent and skew the measurement.
+        die_with_xtask(&mut command);
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -64,7 +70,7 @@ impl Agent {
                     self.log_tail()
                 );
             }
-            if matches!(get(self.addr, "/healthz"), Ok((200, _))) {
+            if prom::get(self.addr, "/healthz").is_ok_and(|r| r.status == 200) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -80,11 +86,20 @@ impl Agent {
 
     /// Sum of every `procmon_events_lost_total` series (0 when the agent exports none yet).
     pub fn lost_events(&self) -> Result<f64> {
-        let (status, body) = get(self.addr, "/metrics")?;
-        if status != 200 {
-            bail!("GET http://{}/metrics returned {status}", self.addr);
+        prom::sum_metric(&self.metrics()?.body, "procmon_events_lost_total")
+    }
+
+    /// One scrape of /metrics, timed.
+    pub fn metrics(&self) -> Result<prom::Response> {
+        let response = prom::get(self.addr, "/metrics")?;
+        if response.status != 200 {
+            bail!(
+                "GET http://{}/metrics returned {}",
+                self.addr,
+                response.status
+            );
         }
-        sum_metric(&body, "procmon_events_lost_total")
+        Ok(response)
     }
 
     pub fn pid(&self) -> u32 {
@@ -93,10 +108,7 @@ impl Agent {
 
     /// User plus system CPU time the agent has used so far.
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let path = format!("/proc/{}/stat", self.child.id());
-        let stat = fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {path}: did the agent die?"))?;
-        parse_cpu_seconds(&stat).with_context(|| format!("unexpected {path}: {stat:?}"))
+        cpu_seconds(self.child.id()).context("did the agent die?")
     }
 
     /// SIGTERM, then wait: the contract promises a clean exit (status 0) on it.
@@ -145,60 +157,29 @@ impl Drop for Agent {
     }
 }
 
-/// A port nobody listens on right now; the agent binds it a moment later.
-fn free_port() -> Result<SocketAddr> {
+/// User plus system CPU time process `pid` has used so far, all its threads, in ticks of 10 ms.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    parse_cpu_seconds(&stat).with_context(|| format!("unexpected {path}: {stat:?}"))
+}
+
+/// SIGTERM to the child when xtask dies without unwinding (SIGKILL, a second Ctrl-C), so no
+/// agent or exporter outlives the bench, probes attached or /proc being read.
+pub fn die_with_xtask(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe, as a pre_exec hook must be.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        })
+    };
+}
+
+/// A port nobody listens on right now; the server under test binds it a moment later.
+pub fn free_port() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a local port")?;
     Ok(listener.local_addr()?)
-}
-
-/// A minimal HTTP/1.0 GET: the server closes the connection after the response, so the body is
-/// everything after the headers, with no chunking or keep-alive to handle.
-fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let timeout = Duration::from_secs(5);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .with_context(|| format!("reading GET {path}"))?;
-    let response = String::from_utf8(response)
-        .with_context(|| format!("GET {path}: response is not UTF-8"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("GET {path}: no end of headers"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("GET {path}: bad status line {:?}", head.lines().next()))?;
-    Ok((status, body.to_string()))
-}
-
-/// Sums all series of `name` in Prometheus text format.
-fn sum_metric(text: &str, name: &str) -> Result<f64> {
-    let mut sum = 0.0;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        // Skip longer names that share the prefix (e.g. `..._total_created`).
-        let rest = match rest.chars().next() {
-            Some('{') => rest.rsplit_once('}').map(|(_, value)| value).unwrap_or(""),
-            Some(' ') => rest,
-            _ => continue,
-        };
-        // A sample is `value [timestamp]`.
-        let value = rest
-            .split_whitespace()
-            .next()
-            .with_context(|| format!("no value in {line:?}"))?;
-        sum += value
-            .parse::<f64>()
-            .with_context(|| format!("bad value in {line:?}"))?;
-    }
-    Ok(sum)
 }
 
 /// utime + stime from /proc/<pid>/stat; fields are counted after the `(comm)`, which may itself
@@ -215,24 +196,6 @@ fn parse_cpu_seconds(stat: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sums_every_series_and_skips_comments_and_lookalikes() {
-        let text = "\
-# HELP procmon_events_lost_total Records lost.
-# TYPE procmon_events_lost_total counter
-procmon_events_lost_total{kind=\"fork\",reason=\"ringbuf_full\"} 3
-procmon_events_lost_total{kind=\"exit\",reason=\"sink_lagged\"} 4 1700000000000
-procmon_events_lost_total_created 1700000000
-procmon_events_total{kind=\"fork\"} 100
-";
-        assert_eq!(sum_metric(text, "procmon_events_lost_total").unwrap(), 7.0);
-        assert_eq!(
-            sum_metric("procmon_events_lost_total 2\n", "procmon_events_lost_total").unwrap(),
-            2.0
-        );
-        assert_eq!(sum_metric("", "procmon_events_lost_total").unwrap(), 0.0);
-    }
 
     #[test]
     fn cpu_seconds_from_stat_with_odd_comm() {

@@ -223,13 +223,13 @@ pub fn print_summary(rows: &[Row]) {
     print_table(&table);
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(super) fn median(values: &[f64]) -> f64 {
     quantile(values, 0.5)
 }
 
 /// The q-quantile, interpolating linearly between the closest ranks (so the median of an even
 /// count is the mean of the middle two).
-fn quantile(values: &[f64], q: f64) -> f64 {
+pub(super) fn quantile(values: &[f64], q: f64) -> f64 {
     let mut values = values.to_vec();
     values.sort_by(f64::total_cmp);
     if values.is_empty() {
