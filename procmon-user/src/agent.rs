@@ -92,6 +92,8 @@ impl Pipeline {
             stats: Mutex::new(stats),
         });
         let metrics = Arc::new(Metrics::new(source));
+        let first = shared.lock().attribution.snapshot(boottime_ns());
+        metrics.attribution.update(&first);
         let hub = Arc::new(Hub::new(EVENT_BUFFER, cfg.history));
         let sink = events_out.map(|out| {
             let rx = hub.subscribe(None).expect("the hub is open").rx;
@@ -215,11 +217,18 @@ async fn sample_once(sampler: &mut Sampler, shared: &Arc<Shared>, metrics: Optio
         m.sample_duration.observe(started.elapsed().as_secs_f64());
     }
     let now = boottime_ns();
-    let mut state = shared.lock();
-    let crate::ingest::State {
-        tree, attribution, ..
-    } = &mut *state;
-    attribution.apply_samples(tree, &samples, now);
+    let snapshot = {
+        let mut state = shared.lock();
+        let crate::ingest::State {
+            tree, attribution, ..
+        } = &mut *state;
+        attribution.apply_samples(tree, &samples, now);
+        attribution.snapshot(now)
+    };
+    // Rendered outside the lock: tens of thousands of series take milliseconds.
+    if let Some(m) = metrics {
+        m.attribution.update(&snapshot);
+    }
 }
 
 async fn sample_periodically(
@@ -314,13 +323,9 @@ struct AgentHealth {
 
 impl HealthSource for AgentHealth {
     fn snapshot(&self) -> HealthSnapshot {
-        let (live, tree, attribution) = {
+        let (live, tree) = {
             let state = self.shared.lock();
-            (
-                state.tree.len() as u64,
-                state.tree.stats(),
-                state.attribution.snapshot(boottime_ns()),
-            )
+            (state.tree.len() as u64, state.tree.stats())
         };
         HealthSnapshot {
             live_processes: live,
@@ -329,7 +334,6 @@ impl HealthSource for AgentHealth {
             kernel: kernel::read_stats(&self.stats.lock().unwrap_or_else(|e| e.into_inner())),
             malformed: self.shared.malformed.load(Relaxed),
             sink_lagged: self.shared.sink_lagged.load(Relaxed),
-            attribution,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{Attribution, Unit, UnitId, UnitKind};
 use crate::{
-    metrics::{AttributionSnapshot, UnitRow, WorkloadRow},
+    metrics::attribution::{AttributionSnapshot, UnitRow, WorkloadRow},
     workload,
 };
 

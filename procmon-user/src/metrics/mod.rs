@@ -2,6 +2,8 @@
 //! updated by the ingest path; everything derived from state (the tree, the kernel's per-CPU
 //! counters, the agent's loss counters) is computed at scrape time by [`StateCollector`].
 
+pub mod attribution;
+
 use std::{collections::HashMap, sync::Arc};
 
 use procmon_common::stat;
@@ -26,7 +28,6 @@ pub struct HealthSnapshot {
     pub malformed: u64,
     /// Events the `--events` writer could not keep up with.
     pub sink_lagged: u64,
-    pub attribution: AttributionSnapshot,
 }
 
 pub trait HealthSource: Send + Sync {
@@ -41,6 +42,8 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub reader_lag: Histogram,
     pub sample_duration: Histogram,
+    /// The attribution families, rendered once per sample pass.
+    pub attribution: attribution::AttributionText,
     pub oom_kills: IntCounterVec,
     pub crashes: IntCounterVec,
     pub workload_overflow: IntCounter,
@@ -147,6 +150,7 @@ impl Metrics {
             Box::new(exits.clone()),
             Box::new(events.clone()),
             Box::new(reader_lag.clone()),
+            Box::new(sample_duration.clone()),
             Box::new(info),
             Box::new(oom_kills.clone()),
             Box::new(crashes.clone()),
@@ -165,6 +169,7 @@ impl Metrics {
             events,
             reader_lag,
             sample_duration,
+            attribution: Default::default(),
             oom_kills,
             crashes,
             workload_overflow,
@@ -174,49 +179,15 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything registered.
-    pub fn render(&self) -> String {
-        let mut out = Vec::with_capacity(16 * 1024);
+    pub fn render(&self) -> Vec<u8> {
+        let attribution = self.attribution.get();
+        let mut out = Vec::with_capacity(16 * 1024 + attribution.len());
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding to a Vec cannot fail");
-        String::from_utf8(out).expect("text exposition is UTF-8")
+        out.extend_from_slice(&attribution);
+        out
     }
-}
-
-/// One attributed unit (a watched root, or a direct child of one) as a metric row.
-#[derive(Debug, Clone, Default)]
-pub struct UnitRow {
-    pub watch: String,
-    /// Set for children: the watched root they belong to.
-    pub root_pid: Option<u32>,
-    /// A pid, or `_other` for children past the series cap.
-    pub pid: String,
-    pub comm: String,
-    pub cpu_seconds: f64,
-    pub rss_bytes: f64,
-    pub peak_rss_bytes: f64,
-    pub descendants_started: f64,
-    pub cpu_ratio: f64,
-    pub lifetime_seconds: f64,
-    pub alive: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct WorkloadRow {
-    pub workload: String,
-    pub cpu_seconds: f64,
-    pub rss_bytes: f64,
-    pub processes: f64,
-    pub starts: f64,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct AttributionSnapshot {
-    pub roots: Vec<UnitRow>,
-    pub children: Vec<UnitRow>,
-    pub workloads: Vec<WorkloadRow>,
-    pub child_overflowed: u64,
-    pub workloads_overflowed: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -246,12 +217,8 @@ const fn family(
     }
 }
 
-const ROOT: &[&str] = &["watch", "pid", "comm"];
-const CHILD: &[&str] = &["watch", "root_pid", "pid", "comm"];
-const WORKLOAD: &[&str] = &["workload"];
-
 /// Everything [`StateCollector`] produces, in output order.
-const FAMILIES: [Family; 26] = [
+const FAMILIES: [Family; 8] = [
     family("procmon_processes_live", Kind::Gauge, &[], "Live processes known to the process tree."),
     family("procmon_tree_processes", Kind::Gauge, &[], "Entries tracked by the process tree."),
     family("procmon_tree_evictions_total", Kind::Counter, &[], "Tree entries evicted because the tree reached --max-processes."),
@@ -260,24 +227,6 @@ const FAMILIES: [Family; 26] = [
     family("procmon_kernel_read_errors_total", Kind::Counter, &[], "Kernel memory reads that failed in the probes (the field was sent as zero)."),
     family("procmon_kernel_thread_exits_total", Kind::Counter, &[], "Thread (not process) exits seen by the exit probe."),
     family("procmon_kernel_exits_not_deferred_total", Kind::Counter, &[], "Exit records sent before the exit path finished (pending-exit map full): their CPU time is slightly low."),
-    family("procmon_watched_cpu_seconds_total", Kind::Counter, ROOT, "CPU (user+system) of a watched process and all its descendants, exited ones included."),
-    family("procmon_watched_rss_bytes", Kind::Gauge, ROOT, "Resident memory of a watched process's live subtree at the last sample."),
-    family("procmon_watched_peak_rss_bytes", Kind::Gauge, ROOT, "Highest sampled subtree RSS, or highest peak of a single exited descendant if larger."),
-    family("procmon_watched_descendants_started_total", Kind::Counter, ROOT, "Processes started below a watched process."),
-    family("procmon_watched_cpu_usage_ratio", Kind::Gauge, ROOT, "CPU usage of a watched process's live subtree over the last sample interval (1.0 = one full core)."),
-    family("procmon_child_cpu_seconds_total", Kind::Counter, CHILD, "CPU (user+system) of a watched process's direct child and its whole subtree, exited descendants included."),
-    family("procmon_child_rss_bytes", Kind::Gauge, CHILD, "Resident memory of the child's live subtree at the last sample."),
-    family("procmon_child_peak_rss_bytes", Kind::Gauge, CHILD, "Highest sampled subtree RSS of the child, or highest peak of a single exited process in it if larger."),
-    family("procmon_child_descendants_started_total", Kind::Counter, CHILD, "Processes started below the child (the child itself excluded)."),
-    family("procmon_child_cpu_usage_ratio", Kind::Gauge, CHILD, "CPU usage of the child's live subtree over the last sample interval (1.0 = one full core)."),
-    family("procmon_child_lifetime_seconds", Kind::Gauge, CHILD, "How long the child has lived (or lived, once exited)."),
-    family("procmon_child_alive", Kind::Gauge, CHILD, "1 while the child runs, 0 once it exited (kept for --retain-exited)."),
-    family("procmon_child_series_overflow_total", Kind::Counter, &[], "Children attributed to the pid=\"_other\" series because --max-child-series was reached."),
-    family("procmon_workload_cpu_seconds_total", Kind::Counter, WORKLOAD, "CPU (user+system) of the processes of a workload, exited ones included."),
-    family("procmon_workload_rss_bytes", Kind::Gauge, WORKLOAD, "Resident memory of a workload's live processes at the last sample."),
-    family("procmon_workload_processes", Kind::Gauge, WORKLOAD, "Live processes of a workload at the last sample."),
-    family("procmon_workload_process_starts_total", Kind::Counter, WORKLOAD, "Processes started in a workload (attributed to the parent's workload at fork)."),
-    family("procmon_workload_overflow_total", Kind::Counter, &[], "Workload names folded into workload=\"_other\" because --max-workloads was reached."),
 ];
 
 pub struct StateCollector {
@@ -318,36 +267,7 @@ impl Collector for StateCollector {
         let s = self.source.snapshot();
         let k = |i: u32| s.kernel[i as usize];
         let labels = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let a = &s.attribution;
-        let root_rows = |f: fn(&UnitRow) -> f64| -> Rows {
-            a.roots
-                .iter()
-                .map(|r| (vec![r.watch.clone(), r.pid.clone(), r.comm.clone()], f(r)))
-                .collect()
-        };
-        let child_rows = |f: fn(&UnitRow) -> f64| -> Rows {
-            a.children
-                .iter()
-                .map(|r| {
-                    (
-                        vec![
-                            r.watch.clone(),
-                            r.root_pid.map_or_else(String::new, |p| p.to_string()),
-                            r.pid.clone(),
-                            r.comm.clone(),
-                        ],
-                        f(r),
-                    )
-                })
-                .collect()
-        };
-        let workload_rows = |f: fn(&WorkloadRow) -> f64| -> Rows {
-            a.workloads
-                .iter()
-                .map(|w| (vec![w.workload.clone()], f(w)))
-                .collect()
-        };
-        let rows: [Rows; 26] = [
+        let rows: [Rows; 8] = [
             one(s.live_processes),
             one(s.tracked_processes),
             one(s.tree.evictions),
@@ -383,24 +303,6 @@ impl Collector for StateCollector {
             one(k(stat::READ_ERROR)),
             one(k(stat::THREAD_EXITS)),
             one(k(stat::EXIT_NOT_DEFERRED)),
-            root_rows(|r| r.cpu_seconds),
-            root_rows(|r| r.rss_bytes),
-            root_rows(|r| r.peak_rss_bytes),
-            root_rows(|r| r.descendants_started),
-            root_rows(|r| r.cpu_ratio),
-            child_rows(|r| r.cpu_seconds),
-            child_rows(|r| r.rss_bytes),
-            child_rows(|r| r.peak_rss_bytes),
-            child_rows(|r| r.descendants_started),
-            child_rows(|r| r.cpu_ratio),
-            child_rows(|r| r.lifetime_seconds),
-            child_rows(|r| if r.alive { 1.0 } else { 0.0 }),
-            one(a.child_overflowed),
-            workload_rows(|w| w.cpu_seconds),
-            workload_rows(|w| w.rss_bytes),
-            workload_rows(|w| w.processes),
-            workload_rows(|w| w.starts),
-            one(a.workloads_overflowed),
         ];
         FAMILIES
             .iter()
@@ -454,30 +356,14 @@ mod tests {
         };
         s.kernel[stat::RINGBUF_FULL_EXIT as usize] = 7;
         s.tree.evictions = 3;
-        s.attribution.children.push(UnitRow {
-            watch: "comm:make".into(),
-            root_pid: Some(10),
-            pid: "11".into(),
-            comm: "cc1 \"x\"\n".into(),
-            cpu_seconds: 1.5,
-            alive: true,
-            ..Default::default()
-        });
-        s.attribution.workloads.push(WorkloadRow {
-            workload: "nginx.service".into(),
-            processes: 3.0,
-            ..Default::default()
-        });
         let m = Metrics::new(Arc::new(Fixed(s)));
         m.exits.with_label_values(&["crashed"]).inc();
         m.crashes
             .with_label_values(&["nginx.service", "SIGSEGV"])
             .inc();
-        let text = m.render();
+        let text = String::from_utf8(m.render()).unwrap();
         for line in [
             "procmon_processes_live 42",
-            "procmon_child_cpu_seconds_total{comm=\"cc1 \\\"x\\\"\\n\",pid=\"11\",root_pid=\"10\",watch=\"comm:make\"} 1.5",
-            "procmon_workload_processes{workload=\"nginx.service\"} 3",
             "procmon_tree_evictions_total 3",
             "procmon_events_lost_total{kind=\"exit\",reason=\"ringbuf_full\"} 7",
             "procmon_events_lost_total{kind=\"unknown\",reason=\"malformed\"} 2",
