@@ -8,16 +8,20 @@ use std::time::Duration;
 
 use procmon_tests::{require_root, require_tool, run_workload, wait_for, Agent, Workload};
 
-#[test]
-fn metrics_pass_promtool_check() {
-    let test = "promtool::metrics_pass_promtool_check";
-    if !require_root(test)
-        || !require_tool(
+/// Root and promtool: both are there in CI (it fails loudly otherwise).
+fn promtool_runs(test: &str) -> bool {
+    require_root(test)
+        && require_tool(
             test,
             "promtool",
             "Debian package prometheus; `cargo xtask test` installs it",
         )
-    {
+}
+
+#[test]
+fn metrics_pass_promtool_check() {
+    let test = "promtool::metrics_pass_promtool_check";
+    if !promtool_runs(test) {
         return;
     }
     let agent = Agent::start(&[]);
@@ -44,13 +48,7 @@ fn metrics_pass_promtool_check() {
 #[test]
 fn watched_children_metrics_pass_promtool_check() {
     let test = "promtool::watched_children_metrics_pass_promtool_check";
-    if !require_root(test)
-        || !require_tool(
-            test,
-            "promtool",
-            "Debian package prometheus; `cargo xtask test` installs it",
-        )
-    {
+    if !promtool_runs(test) {
         return;
     }
     let agent = Agent::start(&["--watch", "comm:busy", "--sample-interval", "200ms"]);
