@@ -115,15 +115,17 @@ impl RunLog {
             .iter()
             .map(|e| Node::from_entry(e, tree, now_ns))
             .collect();
-        // Children by parent entry: the live parent with that pid that started before.
+        // Children by parent entry. Entries are logged at fork, so a child's parent is the
+        // latest entry logged before it under that pid (a reused pid comes later).
         let mut children: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
-        for (i, e) in self.entries.iter().enumerate().skip(1) {
-            let parent = (0..i)
-                .rev()
-                .find(|&j| self.entries[j].pid == e.ppid && self.entries[j].start_ns <= e.start_ns);
-            if let Some(j) = parent {
-                children[j].push(i);
+        let mut latest: HashMap<u32, usize> = HashMap::with_capacity(self.entries.len());
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                if let Some(&j) = latest.get(&e.ppid) {
+                    children[j].push(i);
+                }
             }
+            latest.insert(e.pid, i);
         }
         let mut nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
         // Entries are in start order, so children always come after their parent: build
