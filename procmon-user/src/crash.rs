@@ -65,14 +65,10 @@ impl Batch<'_> {
         }
     }
 
-    /// The workload label to export, within the series cap.
+    /// The workload label to export: the same capped names as the per-workload series
+    /// (--max-workloads, overflow counted in procmon_workload_overflow_total).
     pub(crate) fn admit_workload(&mut self, workload: String) -> String {
-        let before = self.deaths.workloads.overflowed;
-        let label = self.deaths.workloads.admit(workload);
-        if self.deaths.workloads.overflowed != before {
-            self.ingest.counters.workload_overflow.inc();
-        }
-        label
+        self.state.attribution.admit_workload(workload)
     }
 }
 
@@ -184,13 +180,17 @@ mod tests {
     fn crash_workloads_are_capped() {
         let (metrics, ingest, shared, _rx) = setup();
         let mut batch = ingest.batch(&shared);
-        for i in 0..(crate::workload::DEFAULT_CAP as u32 + 5) {
+        // The test attribution admits 10 workloads.
+        for i in 0..15u32 {
             let unit = format!("u{i}.service");
             batch.apply(&encode(&rec::cgroup(100 + i, 7, &[&unit])));
             batch.apply(&encode(&rec::exit(100 + i, 1, 7, libc::SIGABRT as u32)));
         }
         drop(batch);
-        assert_eq!(metrics.workload_overflow.get(), 5);
+        assert_eq!(
+            shared.lock().attribution.snapshot(0).workloads_overflowed,
+            5
+        );
         assert_eq!(
             metrics
                 .crashes

@@ -23,7 +23,6 @@ use crate::{
     record::{c_str, decode, Record, RECORD_KINDS},
     run::RunLog,
     tree::{Comm, Tree},
-    workload::{self, Workloads},
 };
 
 /// The tree and what is attributed over it: always changed together, under one lock.
@@ -69,13 +68,11 @@ pub(crate) struct Counters {
     // Labelled by workload: looked up per (rare) OOM kill or crash.
     pub(crate) oom_kills: IntCounterVec,
     pub(crate) crashes: IntCounterVec,
-    pub(crate) workload_overflow: IntCounter,
 }
 
 /// State of deaths in flight, used only by the reader (locked once per batch).
 pub(crate) struct DeathState {
     pub(crate) deaths: Deaths,
-    pub(crate) workloads: Workloads,
 }
 
 pub struct Ingest {
@@ -112,12 +109,10 @@ impl Ingest {
                 execs: metrics.execs.clone(),
                 oom_kills: metrics.oom_kills.clone(),
                 crashes: metrics.crashes.clone(),
-                workload_overflow: metrics.workload_overflow.clone(),
             },
             hub,
             death_state: Mutex::new(DeathState {
                 deaths: Deaths::default(),
-                workloads: Workloads::new(workload::DEFAULT_CAP),
             }),
             proc_root: PathBuf::from(crate::procfs::PROC),
         }

@@ -11,9 +11,6 @@ use std::collections::HashMap;
 /// The label of everything past the cap.
 pub const OVERFLOW: &str = "_other";
 
-/// Distinct workload names for crash and OOM counters before [`OVERFLOW`] takes over.
-pub const DEFAULT_CAP: usize = 200;
-
 /// The workload name of a process in `cgroup_path` (`/system.slice/nginx.service` →
 /// `nginx.service`), or its `comm` when it is in the root cgroup or the path is unknown.
 pub fn label(cgroup_path: Option<&str>, comm: &str) -> String {

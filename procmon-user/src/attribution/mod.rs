@@ -148,6 +148,12 @@ impl Attribution {
             .map(|(i, s)| (self.workloads.name(i as WorkloadId), s))
     }
 
+    /// A workload label within the cap shared by every `workload` label (crash and OOM
+    /// counters included): past it, `_other`, counted.
+    pub fn admit_workload(&mut self, name: String) -> String {
+        self.workloads.admit(name)
+    }
+
     /// Watches `pid` from now on (`procmon run` watches the command it starts). Its fork may
     /// not have been seen yet; then the fork makes it a root.
     pub fn watch_pid(&mut self, tree: &mut Tree, pid: u32) {

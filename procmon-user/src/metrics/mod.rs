@@ -46,7 +46,6 @@ pub struct Metrics {
     pub attribution: attribution::AttributionText,
     pub oom_kills: IntCounterVec,
     pub crashes: IntCounterVec,
-    pub workload_overflow: IntCounter,
     pub sse_dropped: IntCounter,
     pub sse_clients: IntGauge,
 }
@@ -122,11 +121,6 @@ impl Metrics {
             &["workload", "signal"],
         )
         .unwrap();
-        let workload_overflow = IntCounter::new(
-            "procmon_workload_label_overflow_total",
-            "Counts given workload=\"_other\" because the workload label reached its cap of distinct values.",
-        )
-        .unwrap();
         let sse_dropped = IntCounter::new(
             "procmon_sse_dropped_events_total",
             "Events /events clients lost because they fell too far behind (each was sent an `event: dropped`).",
@@ -154,7 +148,6 @@ impl Metrics {
             Box::new(info),
             Box::new(oom_kills.clone()),
             Box::new(crashes.clone()),
-            Box::new(workload_overflow.clone()),
             Box::new(sse_dropped.clone()),
             Box::new(sse_clients.clone()),
             Box::new(StateCollector::new(source)),
@@ -172,7 +165,6 @@ impl Metrics {
             attribution: Default::default(),
             oom_kills,
             crashes,
-            workload_overflow,
             sse_dropped,
             sse_clients,
         }
