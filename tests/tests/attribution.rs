@@ -64,6 +64,9 @@ fn per_child(m: &Metrics, name: &str, watch: &str, root: u32) -> BTreeMap<u32, f
 
 /// How long the live-ratio test traces the agent's ratios against the kernel's counters.
 const TRACE: Duration = Duration::from_secs(4);
+/// How far a child's attributed CPU may exceed its wait4 rusage: the exit path after the
+/// parent reaped it (see the per-child check).
+const POST_REAP_SLACK: f64 = 500e-6;
 /// How often it reads both: fine enough to place each 500 ms sample of the agent's.
 const TRACE_STEP: Duration = Duration::from_millis(50);
 
@@ -170,8 +173,12 @@ fn child_cpu_matches_rusage_of_1000_children() {
         "comm labels of the (forked, never exec'd) children"
     );
     // Child by child against the kernel: wait4's rusage of each child (its grandchildren
-    // included, as they were reaped by it). The agent reads the scheduler's runtime at the
-    // final context switch, which may come a few µs after the parent reaped the child.
+    // included, as they were reaped by it). NB: wait4 snapshots the child's runtime when the
+    // parent reaps it, which can come before the child's last context switch; the agent reads
+    // at that switch, so it may be *above* wait4 by the CPU the exit path used after the reap
+    // (106 µs seen once in ~5,000 children on a loaded machine). Below wait4, the bound is
+    // 1% + 50 µs; above it, 1% + POST_REAP_SLACK, still far below the whole child counted
+    // twice (≥ 2 ms), which is what this check caught once.
     let per_child = report["per_child"]
         .as_object()
         .unwrap_or_else(|| panic!("no per_child object in the cpu_children report"));
@@ -183,12 +190,14 @@ fn child_cpu_matches_rusage_of_1000_children() {
             let ru = ru.as_f64().expect("per_child seconds");
             (pid, cpu.get(&pid).copied().unwrap_or(f64::NAN), ru)
         })
-        .filter(|&(_, m, ru)| m.is_nan() || (m - ru).abs() > 0.01 * ru + 50e-6)
+        .filter(|&(_, m, ru)| {
+            m.is_nan() || ru - m > 0.01 * ru + 50e-6 || m - ru > 0.01 * ru + POST_REAP_SLACK
+        })
         .collect();
     off.sort_by(|a, b| (b.1 / b.2).total_cmp(&(a.1 / a.2)));
     println!(
-        "cpu attribution: {} of {CHILDREN} children off their wait4 rusage by more than \
-         1% + 50 µs; worst (pid, metric s, rusage s): {:?}",
+        "cpu attribution: {} of {CHILDREN} children off their wait4 rusage (below by more \
+         than 1% + 50 µs, or above by more than 1% + {POST_REAP_SLACK} s); worst (pid, metric s, rusage s): {:?}",
         off.len(),
         &off[..off.len().min(5)]
     );
@@ -203,7 +212,8 @@ fn child_cpu_matches_rusage_of_1000_children() {
     assert!(
         off.is_empty(),
         "{} of {CHILDREN} children have procmon_child_cpu_seconds_total off their own wait4 \
-         rusage by more than 1% + 50 µs (the sum is within 2%: ratio {ratio:.4}); worst (pid, \
+         rusage (below by more than 1% + 50 µs, or above by more than 1% + {POST_REAP_SLACK} s) \
+         (the sum is within 2%: ratio {ratio:.4}); worst (pid, \
          metric s, rusage s): {:?}",
         off.len(),
         &off[..off.len().min(10)]
