@@ -210,12 +210,46 @@ pub mod oom_flags {
     pub const CONTEXT: u32 = 1 << 0;
     /// The kill was constrained to a memory cgroup (`oc->memcg` set): `memcg` names it.
     pub const MEMCG: u32 = 1 << 1;
-    /// The tracepoint passes the victim's task (Linux ≥ 6.8); before, only its pid is known
-    /// and the other victim fields are zero.
+    /// The victim's task was found: passed by the tracepoint (Linux ≥ 6.8), or before that
+    /// through the OOM context (`oc->chosen`, or the killing task itself when it is the
+    /// victim). Without it only the pid is known and the other victim fields are zero.
     pub const TASK: u32 = 1 << 2;
     /// Without the OOM context, the probe checked the victim's memory cgroups for one at its
     /// limit: `constraint` is 3 (memcg, named in `memcg`) if one was, else 0.
     pub const INFERRED: u32 = 1 << 3;
+}
+
+/// `enum oom_constraint` (include/linux/oom.h), unchanged since Linux 2.6.35: the value of
+/// [`OomKillRecord::constraint`] (a `u32` on the wire; [`OomConstraint::from_raw`] reads it).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OomConstraint {
+    None = 0,
+    Cpuset = 1,
+    MemoryPolicy = 2,
+    Memcg = 3,
+}
+
+impl OomConstraint {
+    pub fn from_raw(value: u32) -> Option<OomConstraint> {
+        match value {
+            0 => Some(OomConstraint::None),
+            1 => Some(OomConstraint::Cpuset),
+            2 => Some(OomConstraint::MemoryPolicy),
+            3 => Some(OomConstraint::Memcg),
+            _ => None,
+        }
+    }
+
+    /// The name events use (`constraint`); the kernel logs `CONSTRAINT_<NAME>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OomConstraint::None => "global",
+            OomConstraint::Cpuset => "cpuset",
+            OomConstraint::MemoryPolicy => "memory_policy",
+            OomConstraint::Memcg => "memcg",
+        }
+    }
 }
 
 /// The OOM killer chose a victim (`oom:mark_victim`), just after sending it SIGKILL. The
@@ -356,9 +390,16 @@ pub struct KernelOffsets {
     pub memcg_memory: u32,
     pub page_counter_usage: u32,
     pub page_counter_max: u32,
+    /// `oom_control.chosen`: where `mark_victim` passes only a pid (before Linux 6.8), the
+    /// victim's task is found through the OOM context instead.
+    pub oom_control_chosen: u32,
+    /// `task_struct.real_cred` and `cred.uid`: the victim's uid, as the 6.8+ tracepoint
+    /// passes it.
+    pub task_real_cred: u32,
+    pub cred_uid: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 42 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 45 * 4);
 
 /// Load-time tunables of the probes (global `CONFIG`).
 #[repr(C)]

@@ -7,6 +7,31 @@ use procmon_common::{cgroup_flags, stat, CgroupPath, KernelOffsets, CGROUP_DEPTH
 
 use crate::{count, task::Kptr};
 
+/// Runs `$body` once per cgroup level, `$i` = 0..CGROUP_DEPTH, as straight-line code.
+///
+/// NB: not a loop. LLVM compiled the bounded `while` this replaces into a loop entered in its
+/// middle and closed by the fall-through after a helper call. The CFG check of older verifiers
+/// (5.10 and 6.1 tested; 6.12 is fixed) allows a back edge only on a jump, so it refused the
+/// program before simulating one instruction ("back-edge from insn N to N+1 ... processed 0
+/// insns"), although those kernels accept bounded loops. Unrolled code has no back edge at
+/// all, so every verifier from our minimum kernel (5.8) on accepts it.
+macro_rules! for_each_level {
+    ($i:ident => $body:block) => {
+        for_each_level!(@levels $i, $body, 0 1 2 3 4 5 6 7)
+    };
+    (@levels $i:ident, $body:block, $($level:literal)*) => {
+        $({
+            #[allow(unused_variables)]
+            let $i: usize = $level;
+            $body
+        })*
+    };
+}
+const _: () = assert!(
+    CGROUP_DEPTH == 8,
+    "for_each_level! lists one literal per cgroup level"
+);
+
 /// The cgroup of `task` in the memory controller's hierarchy (v1 `memory` or the v2 unified
 /// one), as its kernfs node; null without CONFIG_MEMCG.
 #[inline(always)]
@@ -35,20 +60,20 @@ const AT_LIMIT_PAGES: u64 = 1024;
 /// whose usage is within [`AT_LIMIT_PAGES`] of its limit. Null when none is: a global OOM
 /// (or a cpuset / mempolicy one, which this does not tell apart).
 #[inline(always)]
+#[allow(unused_assignments)] // the last level's `css = parent` is never read
 pub fn memcg_at_limit(task: Kptr, o: &KernelOffsets) -> Kptr {
     let mut css = task_memcg_css(task, o);
     if o.memcg_memory == 0 {
         return Kptr(core::ptr::null());
     }
-    let mut i = 0;
-    while i < CGROUP_DEPTH {
+    for_each_level!(_level => {
         if css.0.is_null() {
-            break;
+            return Kptr(core::ptr::null());
         }
         let parent = css.ptr(o.css_parent);
         if parent.0.is_null() {
             // The root memory cgroup has no limit.
-            break;
+            return Kptr(core::ptr::null());
         }
         let memcg = Kptr(css.0.wrapping_sub(o.memcg_css as usize));
         let usage = memcg
@@ -59,8 +84,7 @@ pub fn memcg_at_limit(task: Kptr, o: &KernelOffsets) -> Kptr {
             return css;
         }
         css = parent;
-        i += 1;
-    }
+    });
     Kptr(core::ptr::null())
 }
 
@@ -91,8 +115,7 @@ pub unsafe fn read_path(kn: Kptr, out: *mut CgroupPath, o: &KernelOffsets) {
     }
     (*out).flags = cgroup_flags::KNOWN;
     let mut node = kn;
-    let mut i = 0;
-    while i < CGROUP_DEPTH {
+    for_each_level!(i => {
         let parent = node.ptr(o.kernfs_parent);
         if parent.0.is_null() {
             // The hierarchy root: its name is empty and not part of the path.
@@ -105,8 +128,7 @@ pub unsafe fn read_path(kn: Kptr, out: *mut CgroupPath, o: &KernelOffsets) {
         }
         (*out).depth = i as u32 + 1;
         node = parent;
-        i += 1;
-    }
+    });
     if !node.ptr(o.kernfs_parent).0.is_null() {
         (*out).flags |= cgroup_flags::TRUNCATED;
     }

@@ -72,6 +72,7 @@ impl Pipeline {
             ebpf,
             events,
             stats,
+            features,
         } = kernel::load(&kernel::LoadConfig {
             ringbuf_bytes: cfg.ringbuf_bytes,
         })?;
@@ -92,6 +93,12 @@ impl Pipeline {
             stats: Mutex::new(stats),
         });
         let metrics = Arc::new(Metrics::new(source));
+        for feature in kernel::Feature::ALL {
+            metrics.set_kernel_feature(feature.name(), features.is_ok(feature));
+        }
+        for line in features.to_string().lines() {
+            eprintln!("procmon: warning: {line}");
+        }
         let first = shared.lock().attribution.snapshot(boottime_ns());
         metrics.attribution.update(&first);
         let hub = Arc::new(Hub::new(EVENT_BUFFER, cfg.history));

@@ -234,6 +234,10 @@ pub struct OomKillEvent<'a> {
     /// `memcg` (a memory cgroup's limit), `global` (the machine), `cpuset`,
     /// `memory_policy`, or `unknown` (the OOM context could not be traced).
     pub constraint: &'a str,
+    /// How `constraint` was found: `oom_context` (read from the kernel's OOM context via
+    /// fentry on out_of_memory), `inferred` (from memory cgroup usage, where fentry is
+    /// unavailable), or null when it is `unknown`.
+    pub constraint_source: Option<&'a str>,
     /// The memory cgroup whose limit was hit, when `constraint` is `memcg`.
     pub memcg: Option<&'a str>,
     pub rss_anon_bytes: u64,

@@ -1,7 +1,7 @@
 //! The `oom_kill` event: the kernel's record of the victim, completed from the agent's
 //! process tree (executable, ancestry).
 
-use procmon_common::{oom_flags, OomKillRecord};
+use procmon_common::{oom_flags, OomConstraint, OomKillRecord};
 
 use crate::{
     clock::rfc3339,
@@ -12,18 +12,22 @@ use crate::{
     tree::Tree,
 };
 
-/// `enum oom_constraint` (include/linux/oom.h), unchanged since Linux 2.6.35.
 /// With [`oom_flags::INFERRED`], 0 means no memory cgroup was at its limit: `global`.
 pub fn constraint_name(flags: u32, constraint: u32) -> &'static str {
     if flags & (oom_flags::CONTEXT | oom_flags::INFERRED) == 0 {
         return "unknown";
     }
-    match constraint {
-        0 => "global",
-        1 => "cpuset",
-        2 => "memory_policy",
-        3 => "memcg",
-        _ => "unknown",
+    OomConstraint::from_raw(constraint).map_or("unknown", OomConstraint::name)
+}
+
+/// Where the constraint came from (the event's `constraint_source`).
+pub fn constraint_source(flags: u32) -> Option<&'static str> {
+    if flags & oom_flags::CONTEXT != 0 {
+        Some("oom_context")
+    } else if flags & oom_flags::INFERRED != 0 {
+        Some("inferred")
+    } else {
+        None
     }
 }
 
@@ -83,6 +87,7 @@ pub fn render_oom_kill(
             cgroup,
             workload,
             constraint: constraint_name(r.flags, r.constraint),
+            constraint_source: constraint_source(r.flags),
             memcg: memcg.as_deref(),
             rss_anon_bytes: r.rss_anon_pages * page,
             rss_file_bytes: r.rss_file_pages * page,

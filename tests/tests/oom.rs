@@ -111,6 +111,24 @@ fn oom_kill_in_a_memory_cgroup_is_reported_like_the_kernel_does() {
     );
     assert_eq!(o["cgroup"], kernel("task_memcg"), "cgroup in {o}");
     assert_eq!(o["constraint"], "memcg", "constraint in {o}");
+    // The exact path (fentry on out_of_memory) where the kernel allows it, which every
+    // kernel of the QEMU matrix does; the inferred one elsewhere (this 6.18 host refuses
+    // fentry).
+    let m = agent.metrics();
+    let oom_context = [("feature", "oom_context"), ("state", "ok")];
+    let context_ok = m.get("procmon_kernel_feature", &oom_context) == Some(1.0);
+    if std::env::var_os("PROCMON_VM").is_some() {
+        assert!(
+            context_ok,
+            "fentry on out_of_memory must attach on the matrix kernels"
+        );
+    }
+    let source = if context_ok {
+        "oom_context"
+    } else {
+        "inferred"
+    };
+    assert_eq!(o["constraint_source"], source, "constraint_source in {o}");
     assert_eq!(o["memcg"], kernel("oom_memcg"), "memcg in {o}");
     assert_eq!(o["workload"], name, "workload in {o}");
     let exe = o["exe"].as_str().unwrap_or_else(|| panic!("no exe in {o}"));

@@ -86,6 +86,9 @@ pub fn resolve_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         memcg_memory: r.byte_offset("mem_cgroup", "memory").unwrap_or(0),
         page_counter_usage: r.byte_offset("page_counter", "usage").unwrap_or(0),
         page_counter_max: r.byte_offset("page_counter", "max").unwrap_or(0),
+        oom_control_chosen: r.byte_offset("oom_control", "chosen")?,
+        task_real_cred: task("real_cred")?,
+        cred_uid: r.byte_offset("cred", "uid")?,
     })
 }
 

@@ -2,8 +2,11 @@
 //! the probes, and reading their maps.
 
 pub mod btf;
+pub mod features;
 pub mod reader;
 pub mod sampler;
+#[cfg(test)]
+mod verifier_cfg;
 
 use std::path::Path;
 
@@ -14,6 +17,8 @@ use aya::{
 };
 use caps::{CapSet, Capability};
 use procmon_common::{stat, ProbeConfig};
+
+pub use features::{Feature, Features};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -32,6 +37,22 @@ pub enum KernelError {
     },
     #[error("eBPF map {0} is missing or has the wrong type: the embedded object is broken")]
     Map(&'static str),
+    #[error("procmon needs Linux {}.{} or newer (BPF ring buffer, BPF task iterator); this kernel is {release}: upgrade the kernel", features::MINIMUM_KERNEL.0, features::MINIMUM_KERNEL.1)]
+    TooOld { release: String },
+}
+
+/// Refuses kernels older than [`features::MINIMUM_KERNEL`] up front, before a loader error
+/// that would not say why.
+pub fn check_version() -> Result<(), KernelError> {
+    match features::kernel_version() {
+        Some(version) if version < features::MINIMUM_KERNEL => Err(KernelError::TooOld {
+            release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Checks privileges before anything is loaded, so the user gets one actionable line
@@ -66,6 +87,8 @@ pub struct Probes {
     pub ebpf: Ebpf,
     pub events: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// What this kernel degrades (see features.rs).
+    pub features: Features,
 }
 
 /// The task iterator used for live sampling (kernel/sampler.rs).
@@ -82,6 +105,7 @@ const PROGRAMS: [&str; 5] = [
 ];
 
 pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
+    check_version()?;
     raise_memlock_limit();
     let offsets = btf::resolve_offsets(Path::new(btf::VMLINUX_BTF))?;
     let kernel_btf = aya::Btf::from_sys_fs()?;
@@ -123,7 +147,10 @@ pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
         })?;
     // Optional: without it the OOM probe infers a memory cgroup constraint from the page
     // counters instead (probes/oom.rs).
-    let _ = attach_oom_context(&mut ebpf, &kernel_btf);
+    let oom_context_error = attach_oom_context(&mut ebpf, &kernel_btf)
+        .err()
+        .map(|e| error_chain(&e));
+    let features = Features::decide(oom_context_error, offsets.mark_victim_has_task != 0);
     let events = ebpf
         .take_map("EVENTS")
         .and_then(|m| RingBuf::try_from(m).ok())
@@ -136,7 +163,20 @@ pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
         ebpf,
         events,
         stats,
+        features,
     })
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 /// fentry/fexit on `out_of_memory()` (probes/oom.rs): the exact OOM constraint and memory
@@ -177,20 +217,9 @@ fn raise_memlock_limit() {
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: valid pointer to an rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 && kernel_older_than(5, 11)
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0
+        && features::kernel_version().is_some_and(|v| v < (5, 11))
     {
         eprintln!("procmon: warning: cannot raise RLIMIT_MEMLOCK ({}); loading may fail on this kernel, grant CAP_SYS_RESOURCE", std::io::Error::last_os_error());
-    }
-}
-
-fn kernel_older_than(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse::<u32>().ok());
-    match (parts.next(), parts.next()) {
-        (Some(a), Some(b)) => (a, b) < (major, minor),
-        _ => false,
     }
 }

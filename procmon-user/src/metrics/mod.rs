@@ -11,7 +11,7 @@ use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
     CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::{events::Outcome, record::RECORD_KINDS, tree::TreeStats};
@@ -48,6 +48,7 @@ pub struct Metrics {
     pub crashes: IntCounterVec,
     pub sse_dropped: IntCounter,
     pub sse_clients: IntGauge,
+    kernel_features: IntGaugeVec,
 }
 
 impl Metrics {
@@ -131,6 +132,14 @@ impl Metrics {
             "Clients connected to the /events stream.",
         )
         .unwrap();
+        let kernel_features = IntGaugeVec::new(
+            Opts::new(
+                "procmon_kernel_feature",
+                "What this kernel lets procmon do: 1 on the feature's current state (ok or degraded), 0 on the other. Degraded features are logged at start with the reason.",
+            ),
+            &["feature", "state"],
+        )
+        .unwrap();
         // Series exist from the first scrape, so rate() works from the start.
         for outcome in Outcome::ALL {
             exits.with_label_values(&[outcome.as_str()]);
@@ -150,6 +159,7 @@ impl Metrics {
             Box::new(crashes.clone()),
             Box::new(sse_dropped.clone()),
             Box::new(sse_clients.clone()),
+            Box::new(kernel_features.clone()),
             Box::new(StateCollector::new(source)),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -167,7 +177,23 @@ impl Metrics {
             crashes,
             sse_dropped,
             sse_clients,
+            kernel_features,
         }
+    }
+
+    /// Exports one kernel feature's state (kernel/features.rs), set once at load.
+    pub fn set_kernel_feature(&self, feature: &str, ok: bool) {
+        let [on, off] = if ok {
+            ["ok", "degraded"]
+        } else {
+            ["degraded", "ok"]
+        };
+        self.kernel_features
+            .with_label_values(&[feature, on])
+            .set(1);
+        self.kernel_features
+            .with_label_values(&[feature, off])
+            .set(0);
     }
 
     /// The Prometheus text exposition of everything registered.
