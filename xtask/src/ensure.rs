@@ -17,6 +17,9 @@ pub enum Need {
     Tests,
     /// The benchmarks: stress-ng generates the load.
     Bench,
+    /// The kernel matrix: QEMU boots the kernels, busybox is the guest's userland and
+    /// promtool runs inside the guest.
+    Vm,
 }
 
 impl Need {
@@ -40,6 +43,11 @@ impl Need {
                 &["stress-ng", "bpftool", "prometheus-process-exporter"],
                 "the benchmarks generate fork storms with stress-ng, read BPF stats with bpftool \
                  and compare sampling against process-exporter",
+            ),
+            Need::Vm => (
+                &["qemu-system-x86", "busybox-static", "prometheus"],
+                "the kernel matrix boots kernels with QEMU, in guests built from busybox-static \
+                 that check /metrics with promtool",
             ),
         }
     }

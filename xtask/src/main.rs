@@ -7,6 +7,7 @@ mod cmd;
 mod ebpf;
 mod ensure;
 mod test;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -41,6 +42,9 @@ enum Command {
     Test,
     /// Benchmarks (needs root): fork-storm overhead, sampling 10,000 processes.
     Bench(bench::Options),
+    /// Kernel matrix (needs root): boot Debian cloud kernels 5.10, 6.1, 6.12 and the newest
+    /// under QEMU and run a focused end-to-end suite in each.
+    VmTest(vm::Options),
 }
 
 // Errors print as one context chain (what failed, then why), not as a Debug dump with a
@@ -76,6 +80,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Test => test::run(root()),
         Command::Bench(options) => bench::run(root(), &options),
+        Command::VmTest(options) => vm::run(root(), &options),
     }
 }
 

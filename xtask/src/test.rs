@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use crate::{cmd, ebpf, ensure};
 
 pub fn run(root: &Path) -> Result<()> {
-    let stages = 5;
+    let stages = 6;
     let mut stage = 0;
     let mut header = |what: &str| {
         stage += 1;
@@ -50,8 +50,28 @@ pub fn run(root: &Path) -> Result<()> {
     )
     .context("end-to-end tests failed")?;
 
+    header("kernel matrix under QEMU (5.10, 6.1, 6.12, newest, self-test)");
+    if skip_vm() {
+        eprintln!("skipped: PROCMON_SKIP_VM=1 (CI=true would run it)");
+    } else {
+        crate::vm::run_in_test(root, &mut tally).context("kernel matrix failed")?;
+    }
+
     eprintln!("\nall stages passed");
     // The plain closing line CI reads: every test of every stage.
     println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(())
+}
+
+/// The kernel matrix takes many minutes of emulation, so a local run may skip it with
+/// `PROCMON_SKIP_VM=1`; CI (`CI=true`) always runs it, as it must not go green by skipping.
+fn skip_vm() -> bool {
+    let set =
+        |var: &str, values: &[&str]| std::env::var(var).is_ok_and(|v| values.contains(&v.as_str()));
+    let skip = set("PROCMON_SKIP_VM", &["1", "true"]);
+    if skip && set("CI", &["1", "true"]) {
+        eprintln!("PROCMON_SKIP_VM ignored: CI=true runs the kernel matrix");
+        return false;
+    }
+    skip
 }
