@@ -232,15 +232,9 @@ impl Fetcher {
         let tree = scratch.join("tree");
         cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))
             .with_context(|| format!("extracting {}", deb.display()))?;
-        let boot = tree.join("boot");
-        let found = fs::read_dir(&boot)
-            .with_context(|| format!("{package} has no boot/ directory"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-            })
-            .with_context(|| format!("{package} has no boot/vmlinuz-*"))?;
+        let found = find_vmlinuz(&tree)?.with_context(|| {
+            format!("{package} holds no vmlinuz (looked in boot/ and usr/lib/modules/*/)")
+        })?;
         let dest_dir = vmlinuz.parent().expect("vmlinuz has a parent");
         fs::create_dir_all(dest_dir)?;
         fs::copy(&found, vmlinuz)
@@ -283,6 +277,31 @@ fn cached_vmlinuz(kernels: &Path, package: &str, version: &str) -> PathBuf {
     kernels
         .join(format!("{package}_{}", version.replace(':', "%3a")))
         .join("vmlinuz")
+}
+
+/// `boot/vmlinuz-<release>` up to 6.x; from 7.x the `linux-binary-*` package has
+/// `usr/lib/modules/<release>/vmlinuz`.
+fn find_vmlinuz(tree: &Path) -> Result<Option<PathBuf>> {
+    let is_vmlinuz = |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| n == "vmlinuz" || n.to_string_lossy().starts_with("vmlinuz-"))
+    };
+    let mut dirs = vec![tree.join("boot")];
+    if let Ok(modules) = fs::read_dir(tree.join("usr/lib/modules")) {
+        dirs.extend(modules.filter_map(|e| e.ok().map(|e| e.path())));
+    }
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_file() && is_vmlinuz(&path) {
+                return Ok(Some(path));
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn only_deb(dir: &Path) -> Result<PathBuf> {

@@ -80,7 +80,8 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let failed = results.iter().filter(|r| !r.passed()).count();
     if failed > 0 {
         bail!(
-            "{failed} of {} kernels failed (console tails above; full logs in target/vm/)",
+            "{failed} of {} kernels failed (see the table and console tails above; full logs \
+             in target/vm/<kernel>/console.log)",
             results.len()
         );
     }
@@ -208,7 +209,10 @@ struct TestOutcome {
 
 /// What one guest reported.
 struct GuestResult {
-    kernel: kernels::Kernel,
+    name: &'static str,
+    /// None if the kernel could not be downloaded ([`GuestResult::download_error`]).
+    kernel: Option<kernels::Kernel>,
+    download_error: Option<String>,
     uname: Option<String>,
     tests: BTreeMap<String, TestOutcome>,
     done: bool,
@@ -218,6 +222,20 @@ struct GuestResult {
 }
 
 impl GuestResult {
+    fn not_downloaded(name: &'static str, error: &anyhow::Error) -> GuestResult {
+        GuestResult {
+            name,
+            kernel: None,
+            download_error: Some(format!("{error:#}")),
+            uname: None,
+            tests: BTreeMap::new(),
+            done: false,
+            timed_out: false,
+            wall: Duration::ZERO,
+            console: PathBuf::new(),
+        }
+    }
+
     /// Every suite test, in order, with its outcome if the guest reported one.
     fn outcomes(&self) -> impl Iterator<Item = (&'static str, Option<TestOutcome>)> + '_ {
         SUITE
@@ -244,13 +262,12 @@ fn matrix(root: &Path, artifacts: &Artifacts, specs: &[kernels::Spec]) -> Result
     pack(artifacts, &artifacts.agent, &initrd)?;
     let mut fetcher = kernels::Fetcher::new(root);
     let mut results = Vec::new();
-    let mut fetch_errors = Vec::new();
     for &spec in specs {
         let kernel = match fetcher.fetch(spec) {
             Ok(k) => k,
             Err(e) => {
                 eprintln!("error: kernel {}: {e:#}", spec.name);
-                fetch_errors.push((spec.name, e));
+                results.push(GuestResult::not_downloaded(spec.name, &e));
                 continue;
             }
         };
@@ -263,9 +280,6 @@ fn matrix(root: &Path, artifacts: &Artifacts, specs: &[kernels::Spec]) -> Result
     print_table(&results);
     for r in results.iter().filter(|r| !r.passed()) {
         print_tail(r);
-    }
-    if let Some((name, e)) = fetch_errors.into_iter().next() {
-        return Err(e.context(format!("could not download kernel {name}")));
     }
     Ok(results)
 }
@@ -283,7 +297,9 @@ fn boot(dir: &Path, kernel: kernels::Kernel, initrd: &Path) -> Result<GuestResul
     )?;
     let text = fs::read_to_string(&console).unwrap_or_default();
     let mut result = GuestResult {
-        kernel,
+        name: kernel.name,
+        kernel: Some(kernel),
+        download_error: None,
         uname: None,
         tests: BTreeMap::new(),
         done: false,
@@ -323,7 +339,7 @@ fn print_table(results: &[GuestResult]) {
     let _ = writeln!(out, "{header} {:>8}  result", "wall");
     for r in results {
         let uname = r.uname.as_deref().unwrap_or("(no report)");
-        let _ = write!(out, "{:<7} {uname:<30}", r.kernel.name);
+        let _ = write!(out, "{:<7} {uname:<30}", r.name);
         for (_, outcome) in r.outcomes() {
             let cell = match outcome {
                 Some(t) if t.passed => format!("ok {:.0}s", t.secs),
@@ -334,6 +350,8 @@ fn print_table(results: &[GuestResult]) {
         }
         let verdict = if r.passed() {
             "PASS".to_string()
+        } else if r.download_error.is_some() {
+            "FAIL (kernel download failed)".to_string()
         } else if r.timed_out {
             format!("FAIL (timed out after {}s)", GUEST_TIMEOUT.as_secs())
         } else if !r.done {
@@ -344,11 +362,12 @@ fn print_table(results: &[GuestResult]) {
         let _ = writeln!(out, " {:>7.0}s  {verdict}", r.wall.as_secs_f64());
     }
     for r in results {
-        let _ = writeln!(
-            out,
-            "{:<7} {} {}",
-            r.kernel.name, r.kernel.package, r.kernel.version
-        );
+        match (&r.kernel, &r.download_error) {
+            (Some(k), _) => writeln!(out, "{:<7} {} {}", r.name, k.package, k.version),
+            (None, Some(e)) => writeln!(out, "{:<7} download failed: {e}", r.name),
+            (None, None) => unreachable!("a result has a kernel or a download error"),
+        }
+        .expect("writing to a String");
     }
     let passed = results.iter().filter(|r| r.passed()).count();
     let tests: usize = results.iter().map(|_| SUITE.len()).sum();
@@ -364,19 +383,23 @@ fn print_table(results: &[GuestResult]) {
 }
 
 fn print_tail(r: &GuestResult) {
+    if let Some(e) = &r.download_error {
+        println!("--- kernel {}: download failed ---\n{e}\n", r.name);
+        return;
+    }
     let text = fs::read_to_string(&r.console).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = &lines[lines.len().saturating_sub(TAIL_LINES)..];
     println!(
         "--- last {} lines of the {} guest's console ({}) ---",
         tail.len(),
-        r.kernel.name,
+        r.name,
         r.console.display()
     );
     for line in tail {
         println!("{line}");
     }
-    println!("--- end of the {} guest's console ---\n", r.kernel.name);
+    println!("--- end of the {} guest's console ---\n", r.name);
 }
 
 /// Boots `spec` with an agent whose exit probe cannot attach. Ok(number of failed guest
