@@ -444,10 +444,11 @@ fn self_test(root: &Path, artifacts: &Artifacts, spec: kernels::Spec) -> Result<
 /// Copies `agent` to `out` with every occurrence of the exit probe's name replaced.
 ///
 /// NB: aya takes a BTF tracepoint's attach target from what `BtfTracePoint::load` is given
-/// (the agent passes the program name), not from its `tp_btf/...` section, so patching only
-/// the section name would leave the agent working. Patching every occurrence renames the
-/// section, the program (symbol and BTF func) and the agent's name for it consistently,
-/// and the agent then asks the kernel for a tracepoint that does not exist.
+/// (the agent passes the program name), not from the `tp_btf/...` section name. Patching
+/// only the section breaks the agent differently (it no longer finds the program by name
+/// and panics). Patching every occurrence renames the section, the program and the agent's
+/// name for it together, so the agent fails the way a kernel without the tracepoint makes
+/// it fail: it asks the kernel's BTF for a tracepoint that does not exist.
 fn break_exit_probe(agent: &Path, out: &Path) -> Result<usize> {
     let mut bytes = fs::read(agent).with_context(|| format!("reading {}", agent.display()))?;
     let section = [b"tp_btf/".as_slice(), PROBE].concat();
