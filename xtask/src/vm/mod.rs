@@ -397,9 +397,29 @@ fn print_tail(r: &GuestResult) {
         r.console.display()
     );
     for line in tail {
-        println!("{line}");
+        println!("{}", strip_escapes(line));
     }
     println!("--- end of the {} guest's console ---\n", r.name);
+}
+
+/// `line` without terminal escape sequences: the firmware clears the screen, which would
+/// garble the terminal the tail is printed to.
+fn strip_escapes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        // CSI: ESC [ parameters, then one final byte in @..~; otherwise ESC and one char.
+        if chars.next_if_eq(&'[').is_some() {
+            while chars.next().is_some_and(|c| !('@'..='~').contains(&c)) {}
+        } else {
+            chars.next();
+        }
+    }
+    out
 }
 
 /// Boots `spec` with an agent whose exit probe cannot attach. Ok(number of failed guest
@@ -579,6 +599,15 @@ run() {{
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_are_stripped() {
+        assert_eq!(
+            strip_escapes("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS"),
+            "SeaBIOS"
+        );
+        assert_eq!(strip_escapes("plain [1] text"), "plain [1] text");
+    }
 
     #[test]
     fn patch_replaces_every_occurrence_in_place() {
