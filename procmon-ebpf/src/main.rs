@@ -32,6 +32,11 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map]
 static PENDING_EXITS: HashMap<u32, ExitRecord> = HashMap::with_max_entries(16384, 0);
 
+/// Whether each exiting thread is its group's last, by tid, as `taskstats_exit()` is told
+/// (probes/exit.rs): written just before, and taken at, the thread's `sched_process_exit`.
+#[map]
+static GROUP_DEAD: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
 /// `struct oom_control *` of the `out_of_memory()` call in progress, by the thread running
 /// it (probes/oom.rs). Calls are serialized by `oom_lock`; the bound is slack.
 #[map]

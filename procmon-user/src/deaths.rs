@@ -13,22 +13,36 @@ use crate::record::cgroup_path;
 
 /// Deaths in flight at once. OOM kills and crashes are rare; this only bounds a loss storm.
 const CAPACITY: usize = 1024;
+/// Exits remembered to recognise a second exit record of the same process: duplicates
+/// arrive within a millisecond, so this covers more than a fork storm's exits in between.
+const RECENT_EXITS: usize = 16 * 1024;
 
 type Key = (u32, u64);
 
-/// A map that forgets its oldest entries past [`CAPACITY`].
-#[derive(Debug, Default)]
+/// A map that forgets its oldest entries past its capacity.
+#[derive(Debug)]
 struct Bounded<V> {
     map: HashMap<Key, V>,
     order: VecDeque<Key>,
+    capacity: usize,
 }
 
 impl<V> Bounded<V> {
-    fn insert(&mut self, key: Key, value: V) {
-        if self.map.insert(key, value).is_none() {
+    fn new(capacity: usize) -> Self {
+        Bounded {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// Inserts `key`; false when it was already there.
+    fn insert(&mut self, key: Key, value: V) -> bool {
+        let new = self.map.insert(key, value).is_none();
+        if new {
             self.order.push_back(key);
         }
-        while self.map.len() > CAPACITY {
+        while self.map.len() > self.capacity {
             match self.order.pop_front() {
                 Some(old) => {
                     self.map.remove(&old);
@@ -41,6 +55,7 @@ impl<V> Bounded<V> {
             let map = &self.map;
             self.order.retain(|k| map.contains_key(k));
         }
+        new
     }
 
     fn take(&mut self, key: &Key) -> Option<V> {
@@ -57,13 +72,31 @@ pub struct Death {
     pub cgroup: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Deaths {
     oom_victims: Bounded<()>,
     cgroups: Bounded<Option<String>>,
+    exited: Bounded<()>,
+}
+
+impl Default for Deaths {
+    fn default() -> Self {
+        Deaths {
+            oom_victims: Bounded::new(CAPACITY),
+            cgroups: Bounded::new(CAPACITY),
+            exited: Bounded::new(RECENT_EXITS),
+        }
+    }
 }
 
 impl Deaths {
+    /// False for a second exit record of a process: before Linux 6.16, where the kernel
+    /// cannot say which thread ended a group (no fentry on `taskstats_exit`), two threads
+    /// exiting at once may each send one (procmon-ebpf/src/probes/exit.rs).
+    pub fn first_exit(&mut self, r: &ExitRecord) -> bool {
+        self.exited.insert((r.pid, r.start_ns), ())
+    }
+
     pub fn on_oom_kill(&mut self, r: &OomKillRecord) {
         // Before Linux 6.8 only the pid is known: the start time stays 0 and matches by pid.
         let start = if r.flags & oom_flags::TASK != 0 {
@@ -111,6 +144,21 @@ mod tests {
         assert_eq!(death.cgroup.as_deref(), Some("/sys/a.service"));
         // Taken: a second exit record (impossible, but lossy streams happen) gets nothing.
         assert_eq!(d.on_exit(&exit(10, 1, 5, 9)), Death::default());
+    }
+
+    #[test]
+    fn a_second_exit_of_the_same_process_is_recognised() {
+        let mut d = Deaths::default();
+        assert!(d.first_exit(&exit(10, 1, 5, 9)));
+        assert!(!d.first_exit(&exit(10, 1, 5, 9)), "same pid and start time");
+        assert!(
+            d.first_exit(&exit(10, 1, 6, 0)),
+            "pid reused by another process"
+        );
+        for pid in 100..100 + RECENT_EXITS as u32 {
+            d.first_exit(&exit(pid, 1, 5, 0));
+        }
+        assert_eq!(d.exited.map.len(), RECENT_EXITS, "bounded");
     }
 
     #[test]

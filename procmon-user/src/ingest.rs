@@ -65,6 +65,7 @@ pub(crate) struct Counters {
     exits: [IntCounter; 5],
     starts: IntCounter,
     execs: IntCounter,
+    duplicate_exits: IntCounter,
     // Labelled by workload: looked up per (rare) OOM kill or crash.
     pub(crate) oom_kills: IntCounterVec,
     pub(crate) crashes: IntCounterVec,
@@ -107,6 +108,7 @@ impl Ingest {
                 exits: Outcome::ALL.map(outcome),
                 starts: metrics.starts.clone(),
                 execs: metrics.execs.clone(),
+                duplicate_exits: metrics.duplicate_exits.clone(),
                 oom_kills: metrics.oom_kills.clone(),
                 crashes: metrics.crashes.clone(),
             },
@@ -180,6 +182,10 @@ impl Batch<'_> {
                 }
             }
             Record::Exit(r) => {
+                if !self.deaths.deaths.first_exit(&r) {
+                    c.duplicate_exits.inc();
+                    return;
+                }
                 let status = ExitStatus::from_raw(r.exit_status);
                 let death = self.deaths.deaths.on_exit(&r);
                 let outcome = status.outcome_given_oom(death.oom_victim);

@@ -4,7 +4,9 @@
 //! fills in the final CPU times and sends it.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
+    helpers::bpf_ktime_get_boot_ns,
+    macros::{btf_tracepoint, fentry},
+    programs::{BtfTracePointContext, FEntryContext},
 };
 use procmon_common::{
     exit_flags, kind, stat, CgroupRecord, ExitRecord, KernelOffsets, RecordHeader,
@@ -14,22 +16,50 @@ use procmon_common::{
 use crate::{
     cgroup, count, offsets,
     task::{mm_counter, parent_identity, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
-    wakeup_flags, EVENTS, PENDING_EXITS,
+    wakeup_flags, EVENTS, GROUP_DEAD, PENDING_EXITS,
 };
+
+/// `taskstats_exit(struct task_struct *tsk, int group_dead)`, called by every exiting thread
+/// just before its `sched_process_exit` (Linux 5.8 to 6.15 at least, which is where it is
+/// needed): it is told exactly whether this thread took `signal->live` to zero.
+#[fentry(function = "taskstats_exit")]
+pub fn taskstats_exit(ctx: FEntryContext) -> i32 {
+    let o = offsets();
+    let tid: u32 = Kptr(ctx.arg(0)).read(o.task_pid);
+    let group_dead = (ctx.arg::<u64>(1) as u32 != 0) as u8;
+    // Full map: the exit falls back to reading signal->live.
+    let _ = GROUP_DEAD.insert(&tid, &group_dead, 0);
+    0
+}
+
+/// Whether the exiting `task` is the last thread of its group.
+///
+/// NB: before Linux 6.16 the tracepoint has no `group_dead` argument. do_exit() has
+/// decremented `signal->live` before it, but reading 0 there does not mean this thread took
+/// it to 0: when a group exits at once (exit_group(), a fatal signal), threads on other CPUs
+/// decrement it too, and several of them read 0 and each sent an exit for the process (seen
+/// on 5.10 and 6.1). `taskstats_exit` (fentry, above) says exactly; the `live` read remains
+/// where fentry is unavailable, and the agent then drops the duplicates.
+#[inline(always)]
+fn is_group_dead(ctx: &BtfTracePointContext, task: Kptr, o: &KernelOffsets) -> bool {
+    if o.exit_has_group_dead != 0 {
+        return ctx.arg::<u64>(1) & 0xff != 0;
+    }
+    let tid: u32 = task.read(o.task_pid);
+    // SAFETY: a plain u8 value, written and removed only by this thread's exit path.
+    if let Some(&dead) = unsafe { GROUP_DEAD.get(&tid) } {
+        let _ = GROUP_DEAD.remove(&tid);
+        return dead != 0;
+    }
+    task.ptr(o.task_signal).read::<i32>(o.signal_live) == 0
+}
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let o = offsets();
     let task = Kptr(ctx.arg(0));
     let signal = task.ptr(o.task_signal);
-    let group_dead = if o.exit_has_group_dead != 0 {
-        ctx.arg::<u64>(1) & 0xff != 0
-    } else {
-        // NB: before Linux 6.16 the tracepoint has no group_dead argument; do_exit() has
-        // already decremented signal->live, so 0 means this is the last thread.
-        signal.read::<i32>(o.signal_live) == 0
-    };
-    if !group_dead {
+    if !is_group_dead(&ctx, task, &o) {
         count(stat::THREAD_EXITS);
         return 0;
     }

@@ -15,16 +15,23 @@ pub enum Feature {
     OomContext,
     /// The OOM victim's task (comm, RSS breakdown, cgroup, ancestry), not only its pid.
     OomVictim,
+    /// Which thread ends a process, told by the kernel (probes/exit.rs `is_group_dead`).
+    ExitGroupDead,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 2] = [Feature::OomContext, Feature::OomVictim];
+    pub const ALL: [Feature; 3] = [
+        Feature::OomContext,
+        Feature::OomVictim,
+        Feature::ExitGroupDead,
+    ];
 
     /// The `feature` label.
     pub fn name(self) -> &'static str {
         match self {
             Feature::OomContext => "oom_context",
             Feature::OomVictim => "oom_victim",
+            Feature::ExitGroupDead => "exit_group_dead",
         }
     }
 }
@@ -34,12 +41,19 @@ impl Feature {
 pub struct Features {
     oom_context: Option<String>,
     oom_victim: Option<String>,
+    exit_group_dead: Option<String>,
 }
 
 impl Features {
     /// `oom_context_error`: why the OOM context probes could not be attached, if they could
-    /// not; `mark_victim_has_task`: whether the tracepoint passes the victim (Linux ≥ 6.8).
-    pub fn decide(oom_context_error: Option<String>, mark_victim_has_task: bool) -> Features {
+    /// not; `mark_victim_has_task`: whether the tracepoint passes the victim (Linux ≥ 6.8);
+    /// `group_dead_error`: why fentry on `taskstats_exit` could not be attached, where the
+    /// exit tracepoint lacks `group_dead` (before 6.16).
+    pub fn decide(
+        oom_context_error: Option<String>,
+        mark_victim_has_task: bool,
+        group_dead_error: Option<String>,
+    ) -> Features {
         let oom_victim = (!mark_victim_has_task && oom_context_error.is_some()).then(|| {
             "oom:mark_victim passes only the victim's pid before Linux 6.8 and the OOM context \
              is unavailable: oom_kill events name the victim's pid, and what the process tree \
@@ -52,9 +66,19 @@ impl Features {
                  inferred from memory cgroup usage, and cpuset/mempolicy OOMs read as global"
             )
         });
+        let exit_group_dead = group_dead_error.map(|e| {
+            format!(
+                "fentry on taskstats_exit() cannot be attached ({e}) and sched_process_exit has \
+                 no group_dead argument before Linux 6.16: when threads of a process exit at \
+                 once, more than one may look like the last; the agent keeps the first exit \
+                 (procmon_kernel_duplicate_exits_total counts the rest), whose CPU may miss \
+                 the other's share"
+            )
+        });
         Features {
             oom_context,
             oom_victim,
+            exit_group_dead,
         }
     }
 
@@ -62,6 +86,7 @@ impl Features {
         match feature {
             Feature::OomContext => self.oom_context.as_deref(),
             Feature::OomVictim => self.oom_victim.as_deref(),
+            Feature::ExitGroupDead => self.exit_group_dead.as_deref(),
         }
     }
 
@@ -110,22 +135,28 @@ mod tests {
 
     #[test]
     fn oom_victim_needs_the_task_argument_or_the_context() {
-        let new_kernel = Features::decide(None, true);
+        let new_kernel = Features::decide(None, true, None);
         assert!(new_kernel.is_ok(Feature::OomVictim) && new_kernel.is_ok(Feature::OomContext));
         assert_eq!(new_kernel.to_string(), "");
 
-        let old_kernel_with_fentry = Features::decide(None, false);
+        let old_kernel_with_fentry = Features::decide(None, false, None);
         assert!(old_kernel_with_fentry.is_ok(Feature::OomVictim));
 
-        let no_fentry = Features::decide(Some("EPERM".into()), true);
+        let no_fentry = Features::decide(Some("EPERM".into()), true, None);
         assert!(!no_fentry.is_ok(Feature::OomContext) && no_fentry.is_ok(Feature::OomVictim));
         assert!(
             no_fentry.to_string().contains("oom_context")
                 && no_fentry.to_string().contains("EPERM")
         );
 
-        let old_kernel_without_fentry = Features::decide(Some("EPERM".into()), false);
+        let old_kernel_without_fentry = Features::decide(Some("EPERM".into()), false, None);
         assert!(!old_kernel_without_fentry.is_ok(Feature::OomVictim));
         assert_eq!(old_kernel_without_fentry.to_string().lines().count(), 2);
+
+        let racy_exits = Features::decide(None, true, Some("EPERM".into()));
+        assert!(!racy_exits.is_ok(Feature::ExitGroupDead));
+        assert!(racy_exits
+            .to_string()
+            .starts_with("degraded feature exit_group_dead: "));
     }
 }

@@ -150,7 +150,18 @@ pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
     let oom_context_error = attach_oom_context(&mut ebpf, &kernel_btf)
         .err()
         .map(|e| error_chain(&e));
-    let features = Features::decide(oom_context_error, offsets.mark_victim_has_task != 0);
+    let group_dead_error = if offsets.exit_has_group_dead != 0 {
+        None
+    } else {
+        attach_fentry(&mut ebpf, "taskstats_exit", "taskstats_exit", &kernel_btf)
+            .err()
+            .map(|e| error_chain(&e))
+    };
+    let features = Features::decide(
+        oom_context_error,
+        offsets.mark_victim_has_task != 0,
+        group_dead_error,
+    );
     let events = ebpf
         .take_map("EVENTS")
         .and_then(|m| RingBuf::try_from(m).ok())
@@ -183,18 +194,29 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// cgroup. They need trampolines (BPF_TRACE_FENTRY), which some kernels refuse (on the
 /// 6.18 test VM loading any fentry program fails with EPERM).
 fn attach_oom_context(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), aya::programs::ProgramError> {
-    let enter: &mut FEntry = ebpf
-        .program_mut("oom_enter")
-        .expect("program compiled into the object")
-        .try_into()?;
-    enter.load("out_of_memory", btf)?;
-    enter.attach()?;
+    attach_fentry(ebpf, "oom_enter", "out_of_memory", btf)?;
     let exit: &mut FExit = ebpf
         .program_mut("oom_exit")
         .expect("program compiled into the object")
         .try_into()?;
     exit.load("out_of_memory", btf)?;
     exit.attach()?;
+    Ok(())
+}
+
+/// Loads and attaches fentry program `program` on kernel function `function`.
+fn attach_fentry(
+    ebpf: &mut Ebpf,
+    program: &str,
+    function: &str,
+    btf: &aya::Btf,
+) -> Result<(), aya::programs::ProgramError> {
+    let fentry: &mut FEntry = ebpf
+        .program_mut(program)
+        .expect("program compiled into the object")
+        .try_into()?;
+    fentry.load(function, btf)?;
+    fentry.attach()?;
     Ok(())
 }
 

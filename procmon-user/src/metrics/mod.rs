@@ -48,6 +48,7 @@ pub struct Metrics {
     pub crashes: IntCounterVec,
     pub sse_dropped: IntCounter,
     pub sse_clients: IntGauge,
+    pub duplicate_exits: IntCounter,
     kernel_features: IntGaugeVec,
 }
 
@@ -132,6 +133,11 @@ impl Metrics {
             "Clients connected to the /events stream.",
         )
         .unwrap();
+        let duplicate_exits = IntCounter::new(
+            "procmon_kernel_duplicate_exits_total",
+            "Second exit records of one process, dropped: before Linux 6.16, without fentry on taskstats_exit, threads exiting at once can each look like the last one.",
+        )
+        .unwrap();
         let kernel_features = IntGaugeVec::new(
             Opts::new(
                 "procmon_kernel_feature",
@@ -160,6 +166,7 @@ impl Metrics {
             Box::new(sse_dropped.clone()),
             Box::new(sse_clients.clone()),
             Box::new(kernel_features.clone()),
+            Box::new(duplicate_exits.clone()),
             Box::new(StateCollector::new(source)),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -177,6 +184,7 @@ impl Metrics {
             crashes,
             sse_dropped,
             sse_clients,
+            duplicate_exits,
             kernel_features,
         }
     }
