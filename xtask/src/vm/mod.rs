@@ -107,7 +107,10 @@ pub fn run_in_test(root: &Path, tally: &mut cmd::TestTally) -> Result<()> {
             tally.passed += 1;
             println!("self-test: broken guest detected ({failed} tests failed)");
         }
-        Err(_) => tally.failed += 1,
+        Err(e) => {
+            tally.failed += 1;
+            eprintln!("error: {e:#}");
+        }
     }
     let failed = results.iter().filter(|r| !r.passed()).count();
     if failed > 0 {
