@@ -297,6 +297,7 @@ fn boot(dir: &Path, kernel: kernels::Kernel, initrd: &Path) -> Result<GuestResul
         &console,
         GUEST_TIMEOUT,
         kernel.name,
+        kernel.single_tcg_thread,
     )?;
     let text = fs::read_to_string(&console).unwrap_or_default();
     let mut result = GuestResult {

@@ -31,9 +31,15 @@ pub fn boot(
     console: &Path,
     timeout: Duration,
     label: &str,
+    single_tcg_thread: bool,
 ) -> Result<Boot> {
+    let accel = if single_tcg_thread {
+        "tcg,thread=single"
+    } else {
+        "tcg"
+    };
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048M"])
+    qemu.args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "2048M"])
         .args(["-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(vmlinuz)
