@@ -34,15 +34,15 @@ pub struct Initramfs {
 impl Initramfs {
     /// Busybox as /bin/busybox with a symlink per applet.
     pub fn with_busybox(busybox: &Path) -> Result<Initramfs> {
-        let mut fs = Initramfs::default();
-        fs.file_from(Path::new("/bin/busybox"), busybox)?;
+        let mut image = Initramfs::default();
+        image.file_from(Path::new("/bin/busybox"), busybox)?;
         for applet in APPLETS {
-            fs.symlink(Path::new("/bin").join(applet), "busybox");
+            image.symlink(Path::new("/bin").join(applet), "busybox");
         }
         for dir in ["/proc", "/sys", "/dev", "/tmp", "/root", "/etc"] {
-            fs.dir(Path::new(dir));
+            image.dir(Path::new(dir));
         }
-        Ok(fs)
+        Ok(image)
     }
 
     /// `host` at the same path in the guest, with every library `ldd` lists for it.

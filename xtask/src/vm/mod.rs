@@ -518,19 +518,20 @@ fn replace_all(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
 /// Writes the guest's initramfs with `agent` as the agent under test.
 fn pack(artifacts: &Artifacts, agent: &Path, out: &Path) -> Result<()> {
     let busybox = Path::new("/bin/busybox");
-    let mut fs = initramfs::Initramfs::with_busybox(busybox)
+    let mut image = initramfs::Initramfs::with_busybox(busybox)
         .context("busybox-static provides /bin/busybox: install it (cargo xtask vm-test does)")?;
-    fs.binary(agent)?;
+    image.binary(agent)?;
     for (target, _) in SUITE {
-        fs.binary(&artifacts.tests[target])?;
+        image.binary(&artifacts.tests[target])?;
     }
     for helper in &artifacts.helpers {
-        fs.binary(helper)?;
+        image.binary(helper)?;
     }
     let promtool = Path::new("/usr/bin/promtool");
-    fs.binary(promtool)
+    image
+        .binary(promtool)
         .context("promtool comes from the Debian package prometheus: install it")?;
-    fs.file(
+    image.file(
         Path::new("/init"),
         init_script(artifacts, agent).into_bytes(),
         0o755,
@@ -538,7 +539,7 @@ fn pack(artifacts: &Artifacts, agent: &Path, out: &Path) -> Result<()> {
     if let Some(dir) = out.parent() {
         fs::create_dir_all(dir)?;
     }
-    let bytes = fs.write(out)?;
+    let bytes = image.write(out)?;
     eprintln!(
         "initramfs: {} ({} MiB unpacked, {} MiB gzip'd)",
         out.display(),
