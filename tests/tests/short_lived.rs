@@ -47,11 +47,44 @@ fn burst_of_short_lived_children_is_fully_seen() {
         CHILDREN,
         "fork events with ppid {pid}"
     );
-    assert_eq!(
-        count(&events, "exit", pid),
-        CHILDREN,
-        "exit events with ppid {pid}"
-    );
+    let exits = count(&events, "exit", pid);
+    if exits != CHILDREN {
+        // Say what became of the children whose exit is missing: other events of theirs,
+        // and what the agent counted about the kernel side.
+        let missing: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["kind"] == "fork" && e["ppid"] == pid)
+            .filter(|f| {
+                !events
+                    .iter()
+                    .any(|e| e["kind"] == "exit" && e["pid"] == f["pid"] && e["ppid"] == pid)
+            })
+            .collect();
+        let other: Vec<&Value> = missing
+            .iter()
+            .flat_map(|f| {
+                events
+                    .iter()
+                    .filter(move |e| e["pid"] == f["pid"] && e["kind"] != "fork")
+            })
+            .take(5)
+            .collect();
+        let metrics = agent.metrics();
+        let kernel: Vec<_> = metrics
+            .samples
+            .iter()
+            .filter(|s| {
+                s.name.starts_with("procmon_kernel_") || s.name == "procmon_events_lost_total"
+            })
+            .filter(|s| s.value != 0.0)
+            .collect();
+        panic!(
+            "exit events with ppid {pid}: {exits}, expected {CHILDREN}; first children \
+             without one: {:#?}; their other events: {other:#?}; kernel-side counters: \
+             {kernel:#?}",
+            &missing[..missing.len().min(5)]
+        );
+    }
     for e in events
         .iter()
         .filter(|e| e["kind"] == "exit" && e["ppid"] == pid)
