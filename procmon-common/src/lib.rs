@@ -54,6 +54,9 @@ pub mod exit_flags {
     pub const GROUP_DEAD: u32 = 1 << 0;
     /// The exiting thread is the thread-group leader (tid == pid).
     pub const LEADER: u32 = 1 << 1;
+    /// Made at the final context switch because the exit tracepoint's run was skipped:
+    /// memory figures other than `maxrss_kb` are zero (the mm is gone by then).
+    pub const RECOVERED: u32 = 1 << 2;
 }
 
 /// Indexes of the per-CPU `STATS` array map the probes count into.
@@ -75,8 +78,11 @@ pub mod stat {
     pub const RINGBUF_FULL_OOM_KILL: u32 = 6;
     /// A cgroup record (of a crashing process) was dropped: the ring buffer had no room.
     pub const RINGBUF_FULL_CGROUP: u32 = 7;
+    /// A process exit whose `sched_process_exit` run the kernel skipped (the program was
+    /// preempted on that CPU by another exiting task) was recovered at the final switch.
+    pub const EXIT_RECOVERED: u32 = 8;
     /// Number of entries in the map.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 #[repr(C)]
@@ -397,9 +403,12 @@ pub struct KernelOffsets {
     /// passes it.
     pub task_real_cred: u32,
     pub cred_uid: u32,
+    /// `task_struct.exit_state`: `EXIT_DEAD` once the task was released (its counters are
+    /// then in `signal_struct`).
+    pub task_exit_state: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 45 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 46 * 4);
 
 /// Load-time tunables of the probes (global `CONFIG`).
 #[repr(C)]

@@ -32,6 +32,12 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map]
 static PENDING_EXITS: HashMap<u32, ExitRecord> = HashMap::with_max_entries(16384, 0);
 
+/// Threads whose exit tracepoint ran but did not end their process, by tid: the final
+/// switch of a dead thread found neither here nor in `PENDING_EXITS` had its tracepoint run
+/// skipped by the kernel (probes/switch.rs).
+#[map]
+static THREAD_EXITS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
 /// Whether each exiting thread is its group's last, by tid, as `taskstats_exit()` is told
 /// (probes/exit.rs): written just before, and taken at, the thread's `sched_process_exit`.
 #[map]

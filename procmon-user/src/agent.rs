@@ -73,6 +73,7 @@ impl Pipeline {
             events,
             stats,
             features,
+            program_fds,
         } = kernel::load(&kernel::LoadConfig {
             ringbuf_bytes: cfg.ringbuf_bytes,
         })?;
@@ -91,6 +92,7 @@ impl Pipeline {
         let source = Arc::new(AgentHealth {
             shared: shared.clone(),
             stats: Mutex::new(stats),
+            program_fds,
         });
         let metrics = Arc::new(Metrics::new(source));
         for feature in kernel::Feature::ALL {
@@ -326,6 +328,7 @@ async fn reconcile_periodically(
 struct AgentHealth {
     shared: Arc<Shared>,
     stats: Mutex<PerCpuArray<MapData, u64>>,
+    program_fds: Vec<(&'static str, std::os::fd::OwnedFd)>,
 }
 
 impl HealthSource for AgentHealth {
@@ -341,6 +344,14 @@ impl HealthSource for AgentHealth {
             kernel: kernel::read_stats(&self.stats.lock().unwrap_or_else(|e| e.into_inner())),
             malformed: self.shared.malformed.load(Relaxed),
             sink_lagged: self.shared.sink_lagged.load(Relaxed),
+            program_misses: self
+                .program_fds
+                .iter()
+                .filter_map(|(name, fd)| {
+                    use std::os::fd::AsFd;
+                    Some((*name, kernel::prog_stats::recursion_misses(fd.as_fd())?))
+                })
+                .collect(),
         }
     }
 }

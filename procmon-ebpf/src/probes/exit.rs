@@ -16,7 +16,7 @@ use procmon_common::{
 use crate::{
     cgroup, count, offsets,
     task::{mm_counter, parent_identity, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
-    wakeup_flags, EVENTS, GROUP_DEAD, PENDING_EXITS,
+    wakeup_flags, EVENTS, GROUP_DEAD, PENDING_EXITS, THREAD_EXITS,
 };
 
 /// `taskstats_exit(struct task_struct *tsk, int group_dead)`, called by every exiting thread
@@ -58,35 +58,57 @@ fn is_group_dead(ctx: &BtfTracePointContext, task: Kptr, o: &KernelOffsets) -> b
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let o = offsets();
     let task = Kptr(ctx.arg(0));
-    let signal = task.ptr(o.task_signal);
+    let tid: u32 = task.read(o.task_pid);
     if !is_group_dead(&ctx, task, &o) {
         count(stat::THREAD_EXITS);
+        // Tells the final switch this thread's exit was traced (probes/switch.rs). Full map:
+        // that switch will take it for a skipped process exit, which the agent drops as a
+        // duplicate if the process's own exit does arrive.
+        let _ = THREAD_EXITS.insert(&tid, &0, 0);
         return 0;
     }
-    let leader = task.ptr(o.task_group_leader);
-    let tid: u32 = task.read(o.task_pid);
-    let (ppid, parent_start_ns) = parent_identity(leader, &o);
+    let mut record = new_record(task, &o);
     let mm = task.ptr(o.task_mm);
-    let rss = |index: u32| mm_counter(mm, index, &o);
-    let mut record = ExitRecord {
+    if !mm.0.is_null() {
+        record.hiwater_pages = mm.read(o.mm_hiwater_rss);
+        record.rss_file_pages = mm_counter(mm, MM_FILEPAGES, &o);
+        record.rss_anon_pages = mm_counter(mm, MM_ANONPAGES, &o);
+        record.rss_shmem_pages = mm_counter(mm, MM_SHMEMPAGES, &o);
+    }
+    send_cgroup_if_signalled(&record, task, &o);
+    add_group_cpu(&mut record, task, &o);
+    if PENDING_EXITS.insert(&tid, &record, 0).is_err() {
+        count(stat::EXIT_NOT_DEFERRED);
+        add_own_cpu(&mut record, task, &o);
+        send(&record);
+        // Sent: nothing for the final switch to recover.
+        let _ = THREAD_EXITS.insert(&tid, &0, 0);
+    }
+    0
+}
+
+/// An exit record of `task`'s process without CPU or mm figures, which depend on when it
+/// is made.
+#[inline(always)]
+pub fn new_record(task: Kptr, o: &KernelOffsets) -> ExitRecord {
+    let leader = task.ptr(o.task_group_leader);
+    let (ppid, parent_start_ns) = parent_identity(leader, o);
+    ExitRecord {
         header: RecordHeader::new(kind::EXIT, core::mem::size_of::<ExitRecord>()),
+        // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
         time_ns: unsafe { bpf_ktime_get_boot_ns() },
         start_ns: leader.read(o.task_start_boottime),
         parent_start_ns,
         utime_ns: 0,
         stime_ns: 0,
         runtime_ns: 0,
-        maxrss_kb: signal.read(o.signal_maxrss),
-        hiwater_pages: if mm.0.is_null() {
-            0
-        } else {
-            mm.read(o.mm_hiwater_rss)
-        },
-        rss_file_pages: rss(MM_FILEPAGES),
-        rss_anon_pages: rss(MM_ANONPAGES),
-        rss_shmem_pages: rss(MM_SHMEMPAGES),
+        maxrss_kb: task.ptr(o.task_signal).read(o.signal_maxrss),
+        hiwater_pages: 0,
+        rss_file_pages: 0,
+        rss_anon_pages: 0,
+        rss_shmem_pages: 0,
         pid: task.read(o.task_tgid),
-        tid,
+        tid: task.read(o.task_pid),
         ppid,
         exit_status: task.read(o.task_exit_code),
         flags: exit_flags::GROUP_DEAD
@@ -96,19 +118,17 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
                 0
             },
         _pad: 0,
-        comm: task.comm(&o),
-    };
+        comm: task.comm(o),
+    }
+}
+
+/// Crash signals and SIGKILL send the memory cgroup first (see [`send_cgroup`]).
+#[inline(always)]
+pub fn send_cgroup_if_signalled(record: &ExitRecord, task: Kptr, o: &KernelOffsets) {
     let death_signal = record.exit_status & 0x7f;
     if death_signal < 64 && CGROUP_ON_SIGNALS & (1u64 << death_signal) != 0 {
-        send_cgroup(&record, task, &o);
+        send_cgroup(record, task, o);
     }
-    add_group_cpu(&mut record, task, &o);
-    if PENDING_EXITS.insert(&tid, &record, 0).is_err() {
-        count(stat::EXIT_NOT_DEFERRED);
-        add_own_cpu(&mut record, task, &o);
-        send(&record);
-    }
-    0
 }
 
 /// The memory cgroup of a process dying of a crash signal or SIGKILL (a rare path), so

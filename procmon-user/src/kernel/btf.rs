@@ -89,6 +89,7 @@ pub fn resolve_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         oom_control_chosen: r.byte_offset("oom_control", "chosen")?,
         task_real_cred: task("real_cred")?,
         cred_uid: r.byte_offset("cred", "uid")?,
+        task_exit_state: task("exit_state")?,
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod features;
+pub mod prog_stats;
 pub mod reader;
 pub mod sampler;
 #[cfg(test)]
@@ -89,6 +90,8 @@ pub struct Probes {
     pub stats: PerCpuArray<MapData, u64>,
     /// What this kernel degrades (see features.rs).
     pub features: Features,
+    /// The lifecycle programs' fds, for their skipped runs (prog_stats.rs).
+    pub program_fds: Vec<(&'static str, std::os::fd::OwnedFd)>,
 }
 
 /// The task iterator used for live sampling (kernel/sampler.rs).
@@ -96,7 +99,7 @@ pub const SAMPLE_PROGRAM: &str = "sample_tasks";
 
 /// sched_switch completes exit records at the dying thread's last context switch
 /// (procmon-ebpf/src/probes/switch.rs); it is attached first so no exit waits forever.
-const PROGRAMS: [&str; 5] = [
+pub const PROGRAMS: [&str; 5] = [
     "sched_switch",
     "sched_process_fork",
     "sched_process_exec",
@@ -170,11 +173,13 @@ pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
         .take_map("STATS")
         .and_then(|m| PerCpuArray::try_from(m).ok())
         .ok_or(KernelError::Map("STATS"))?;
+    let program_fds = prog_stats::program_fds(&ebpf, PROGRAMS);
     Ok(Probes {
         ebpf,
         events,
         stats,
         features,
+        program_fds,
     })
 }
 
@@ -183,8 +188,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
+        // Some errors (aya's among them) already print their cause.
+        let cause_text = cause.to_string();
+        if !out.contains(&cause_text) {
+            out.push_str(": ");
+            out.push_str(&cause_text);
+        }
         source = cause.source();
     }
     out

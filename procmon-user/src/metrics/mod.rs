@@ -28,6 +28,8 @@ pub struct HealthSnapshot {
     pub malformed: u64,
     /// Events the `--events` writer could not keep up with.
     pub sink_lagged: u64,
+    /// Runs of each lifecycle program the kernel skipped (kernel/prog_stats.rs).
+    pub program_misses: Vec<(&'static str, u64)>,
 }
 
 pub trait HealthSource: Send + Sync {
@@ -244,7 +246,7 @@ const fn family(
 }
 
 /// Everything [`StateCollector`] produces, in output order.
-const FAMILIES: [Family; 8] = [
+const FAMILIES: [Family; 10] = [
     family("procmon_processes_live", Kind::Gauge, &[], "Live processes known to the process tree."),
     family("procmon_tree_processes", Kind::Gauge, &[], "Entries tracked by the process tree."),
     family("procmon_tree_evictions_total", Kind::Counter, &[], "Tree entries evicted because the tree reached --max-processes."),
@@ -253,6 +255,8 @@ const FAMILIES: [Family; 8] = [
     family("procmon_kernel_read_errors_total", Kind::Counter, &[], "Kernel memory reads that failed in the probes (the field was sent as zero)."),
     family("procmon_kernel_thread_exits_total", Kind::Counter, &[], "Thread (not process) exits seen by the exit probe."),
     family("procmon_kernel_exits_not_deferred_total", Kind::Counter, &[], "Exit records sent before the exit path finished (pending-exit map full): their CPU time is slightly low."),
+    family("procmon_kernel_exits_recovered_total", Kind::Counter, &[], "Process exits whose exit-tracepoint run the kernel skipped (see procmon_kernel_program_misses_total), recovered at the process's final context switch: exact CPU, peak RSS from the kernel's maxrss."),
+    family("procmon_kernel_program_misses_total", Kind::Counter, &["program"], "Runs of a probe the kernel skipped because the same program was already running, preempted, on that CPU: those events were never seen."),
 ];
 
 pub struct StateCollector {
@@ -293,7 +297,7 @@ impl Collector for StateCollector {
         let s = self.source.snapshot();
         let k = |i: u32| s.kernel[i as usize];
         let labels = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let rows: [Rows; 8] = [
+        let rows: [Rows; 10] = [
             one(s.live_processes),
             one(s.tracked_processes),
             one(s.tree.evictions),
@@ -329,6 +333,11 @@ impl Collector for StateCollector {
             one(k(stat::READ_ERROR)),
             one(k(stat::THREAD_EXITS)),
             one(k(stat::EXIT_NOT_DEFERRED)),
+            one(k(stat::EXIT_RECOVERED)),
+            s.program_misses
+                .iter()
+                .map(|(program, misses)| (labels(&[program]), *misses as f64))
+                .collect(),
         ];
         FAMILIES
             .iter()
