@@ -36,17 +36,63 @@ pub const CGROUP_DEPTH: usize = 8;
 /// Container scopes (`cri-containerd-<64 hex>.scope`) fit.
 pub const CGROUP_NAME_LEN: usize = 128;
 
+/// Linux signal numbers the ABI relies on (the generic numbering of x86, arm and riscv).
+pub mod signal {
+    pub const SIGQUIT: u8 = 3;
+    pub const SIGILL: u8 = 4;
+    pub const SIGTRAP: u8 = 5;
+    pub const SIGABRT: u8 = 6;
+    pub const SIGBUS: u8 = 7;
+    pub const SIGFPE: u8 = 8;
+    pub const SIGKILL: u8 = 9;
+    pub const SIGSEGV: u8 = 11;
+    pub const SIGSYS: u8 = 31;
+}
+
+/// Signals whose default action dumps core: a death by one of them is a crash.
+pub const CRASH_SIGNALS: [u8; 8] = [
+    signal::SIGSEGV,
+    signal::SIGABRT,
+    signal::SIGBUS,
+    signal::SIGILL,
+    signal::SIGFPE,
+    signal::SIGTRAP,
+    signal::SIGSYS,
+    signal::SIGQUIT,
+];
+
+/// Bit n set for each signal n of `signals` (evaluated at compile time: no loop reaches
+/// the eBPF programs).
+pub const fn signal_mask(signals: &[u8]) -> u64 {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < signals.len() {
+        mask |= 1 << signals[i];
+        i += 1;
+    }
+    mask
+}
+
 /// Wait-status signals whose deaths make the exit probe send a [`CgroupRecord`] first: the
-/// signals that dump core by default (crashes) and SIGKILL (OOM kills). Bit n = signal n.
-pub const CGROUP_ON_SIGNALS: u64 = (1 << 3) // SIGQUIT
-    | (1 << 4) // SIGILL
-    | (1 << 5) // SIGTRAP
-    | (1 << 6) // SIGABRT
-    | (1 << 7) // SIGBUS
-    | (1 << 8) // SIGFPE
-    | (1 << 9) // SIGKILL
-    | (1 << 11) // SIGSEGV
-    | (1 << 31); // SIGSYS
+/// crash signals and SIGKILL (OOM kills). Bit n = signal n.
+pub const CGROUP_ON_SIGNALS: u64 = signal_mask(&CRASH_SIGNALS) | 1 << signal::SIGKILL;
+
+/// The wait(2) status layout of `task_struct.exit_code`, read on both sides.
+pub mod wait_status {
+    /// The signal that killed the process, 0 if it exited.
+    pub const fn signal(status: u32) -> u32 {
+        status & 0x7f
+    }
+
+    /// Its exit code, meaningful when [`signal`] is 0.
+    pub const fn exit_code(status: u32) -> u32 {
+        (status >> 8) & 0xff
+    }
+
+    pub const fn core_dumped(status: u32) -> bool {
+        status & 0x80 != 0
+    }
+}
 
 /// `ExitRecord::flags` bits.
 pub mod exit_flags {
@@ -434,4 +480,28 @@ mod pod {
     // SAFETY: repr(C), integer fields only, no implicit padding (sizes asserted above).
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ProbeConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_signals_are_the_crash_signals_and_sigkill() {
+        // Quit, Ill, Trap, Abrt, Bus, Fpe, Kill, Segv, Sys: the bits the exit probe tests.
+        let expected: u64 = [3, 4, 5, 6, 7, 8, 9, 11, 31]
+            .iter()
+            .map(|s| 1u64 << s)
+            .sum();
+        assert_eq!(CGROUP_ON_SIGNALS, expected);
+    }
+
+    #[test]
+    fn decodes_wait_statuses() {
+        assert_eq!(wait_status::signal(0x0300), 0);
+        assert_eq!(wait_status::exit_code(0x0300), 3);
+        assert_eq!(wait_status::signal(11 | 0x80), 11);
+        assert!(wait_status::core_dumped(11 | 0x80));
+        assert!(!wait_status::core_dumped(9));
+    }
 }

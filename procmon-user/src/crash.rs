@@ -113,8 +113,7 @@ mod tests {
             "numbered in order"
         );
         let o = json(EventKind::OomKill);
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        let page = crate::procfs::page_size();
         assert_eq!(o["pid"], 10);
         assert_eq!(o["comm"], "hog");
         assert_eq!(o["exe"], "/usr/bin/hog");

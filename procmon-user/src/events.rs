@@ -3,6 +3,7 @@
 //! shared as `Bytes` by every consumer.
 
 use bytes::Bytes;
+use procmon_common::{signal, wait_status, CRASH_SIGNALS};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -97,10 +98,10 @@ pub struct ExitStatus {
 impl ExitStatus {
     /// From the kernel's `task_struct.exit_code` (the wait(2) status layout).
     pub fn from_raw(raw: u32) -> Self {
-        let signal = (raw & 0x7f) as u8;
+        let signal = wait_status::signal(raw) as u8;
         if signal == 0 {
             Self {
-                code: Some(((raw >> 8) & 0xff) as u8),
+                code: Some(wait_status::exit_code(raw) as u8),
                 signal: None,
                 core_dumped: false,
             }
@@ -108,7 +109,7 @@ impl ExitStatus {
             Self {
                 code: None,
                 signal: Some(signal),
-                core_dumped: raw & 0x80 != 0,
+                core_dumped: wait_status::core_dumped(raw),
             }
         }
     }
@@ -116,46 +117,36 @@ impl ExitStatus {
     /// [`ExitStatus::outcome`], except that a SIGKILL death of a process the OOM killer
     /// chose is `oom_killed`.
     pub fn outcome_given_oom(&self, oom_victim: bool) -> Outcome {
-        if oom_victim && self.signal == Some(libc::SIGKILL as u8) {
+        if oom_victim && self.signal == Some(signal::SIGKILL) {
             Outcome::OomKilled
         } else {
             self.outcome()
         }
     }
 
-    /// The default action of these signals is to dump core: a death by one of them is a crash.
+    /// A death by a signal in [`CRASH_SIGNALS`] (they dump core by default) is a crash.
     pub fn outcome(&self) -> Outcome {
-        const CORE_SIGNALS: [i32; 8] = [
-            libc::SIGSEGV,
-            libc::SIGABRT,
-            libc::SIGBUS,
-            libc::SIGILL,
-            libc::SIGFPE,
-            libc::SIGTRAP,
-            libc::SIGSYS,
-            libc::SIGQUIT,
-        ];
         match (self.code, self.signal) {
             (Some(0), _) => Outcome::Clean,
             (Some(_), _) => Outcome::Error,
-            (None, Some(sig)) if CORE_SIGNALS.contains(&(sig as i32)) => Outcome::Crashed,
+            (None, Some(sig)) if CRASH_SIGNALS.contains(&sig) => Outcome::Crashed,
             _ => Outcome::Killed,
         }
     }
 }
 
 /// The `signal` label of the crash and OOM-kill counters: a small fixed set.
-pub fn signal_label(signal: Option<u8>) -> &'static str {
-    match signal.map(i32::from) {
-        Some(libc::SIGQUIT) => "SIGQUIT",
-        Some(libc::SIGILL) => "SIGILL",
-        Some(libc::SIGTRAP) => "SIGTRAP",
-        Some(libc::SIGABRT) => "SIGABRT",
-        Some(libc::SIGBUS) => "SIGBUS",
-        Some(libc::SIGFPE) => "SIGFPE",
-        Some(libc::SIGKILL) => "SIGKILL",
-        Some(libc::SIGSEGV) => "SIGSEGV",
-        Some(libc::SIGSYS) => "SIGSYS",
+pub fn signal_label(sig: Option<u8>) -> &'static str {
+    match sig {
+        Some(signal::SIGQUIT) => "SIGQUIT",
+        Some(signal::SIGILL) => "SIGILL",
+        Some(signal::SIGTRAP) => "SIGTRAP",
+        Some(signal::SIGABRT) => "SIGABRT",
+        Some(signal::SIGBUS) => "SIGBUS",
+        Some(signal::SIGFPE) => "SIGFPE",
+        Some(signal::SIGKILL) => "SIGKILL",
+        Some(signal::SIGSEGV) => "SIGSEGV",
+        Some(signal::SIGSYS) => "SIGSYS",
         Some(_) => "other",
         None => "none",
     }
@@ -300,6 +291,24 @@ pub fn render<T: Serialize>(kind: EventKind, event: &T) -> EventMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The signal numbers procmon-common gives the probes are the C library's.
+    #[test]
+    fn common_signal_numbers_are_libcs() {
+        for (ours, libc) in [
+            (signal::SIGQUIT, libc::SIGQUIT),
+            (signal::SIGILL, libc::SIGILL),
+            (signal::SIGTRAP, libc::SIGTRAP),
+            (signal::SIGABRT, libc::SIGABRT),
+            (signal::SIGBUS, libc::SIGBUS),
+            (signal::SIGFPE, libc::SIGFPE),
+            (signal::SIGKILL, libc::SIGKILL),
+            (signal::SIGSEGV, libc::SIGSEGV),
+            (signal::SIGSYS, libc::SIGSYS),
+        ] {
+            assert_eq!(i32::from(ours), libc, "{}", signal_label(Some(ours)));
+        }
+    }
     use crate::tree::Comm;
 
     #[test]

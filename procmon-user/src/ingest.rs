@@ -19,7 +19,7 @@ use crate::{
     events::{self, EventKind, EventMsg, ExecEvent, ExitEvent, ExitStatus, ForkEvent, Outcome},
     hub::Hub,
     metrics::Metrics,
-    oom,
+    oom, procfs,
     record::{c_str, decode, Record, RECORD_KINDS},
     run::RunLog,
     tree::{Comm, Tree},
@@ -330,12 +330,7 @@ impl ExitFields {
 pub fn peak_rss_bytes(r: &ExitRecord) -> u64 {
     let current = r.rss_file_pages + r.rss_anon_pages + r.rss_shmem_pages;
     let pages = r.hiwater_pages.max(current);
-    (r.maxrss_kb * 1024).max(pages * page_size())
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+    (r.maxrss_kb * 1024).max(pages * procfs::page_size())
 }
 
 /// Splits the exact scheduler runtime into user and system time in the ratio of the

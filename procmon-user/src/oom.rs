@@ -50,7 +50,7 @@ pub fn render_oom_kill(
     workload: &str,
 ) -> EventMsg {
     let has_task = r.flags & oom_flags::TASK != 0;
-    let page = page_size();
+    let page = procfs::page_size();
     let time = rfc3339(batch.clock.at(r.time_ns));
     // The victim was sent SIGKILL but is usually still alive while it releases memory, so
     // /proc can fill in what the tree never saw (processes older than the agent).
@@ -99,11 +99,6 @@ pub fn render_oom_kill(
             last_sample: LastSample::of(batch.state.tree.get_exact(r.pid, r.start_ns), r.time_ns),
         },
     )
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
 }
 
 #[cfg(test)]

@@ -19,6 +19,13 @@ pub struct ProcSnapshot {
     pub comm: Comm,
 }
 
+/// The kernel's page size: the unit of its RSS counters.
+pub fn page_size() -> u64 {
+    static PAGE: OnceLock<u64> = OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64)
+}
+
 /// Nanoseconds per USER_HZ tick, the unit of /proc start times.
 pub fn tick_ns() -> u64 {
     static TICK: OnceLock<u64> = OnceLock::new();

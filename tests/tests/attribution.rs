@@ -65,11 +65,14 @@ fn per_child(m: &Metrics, name: &str, watch: &str, root: u32) -> BTreeMap<u32, f
 /// How long the live-ratio test traces the agent's ratios against the kernel's counters.
 const TRACE: Duration = Duration::from_secs(4);
 /// How far a child's attributed CPU may exceed its wait4 rusage: the exit path after the
-/// parent reaped it (see the per-child check). Under QEMU's software emulation (the kernel
-/// matrix, `PROCMON_VM`) that path runs 10-20x slower: 2 ms was seen on 5.10.
+/// parent reaped it (see the per-child check). NB: under QEMU's software emulation (the
+/// kernel matrix, `PROCMON_VM`) that path has no useful bound: a guest task is charged for
+/// the time its virtual CPU's host thread was descheduled or, with one TCG thread, busy
+/// emulating the other CPU (2 ms and 8.8 ms were seen on 5.10). There only the lower bound
+/// and the sum are checked; the host suite checks the upper bound.
 fn post_reap_slack() -> f64 {
     if std::env::var_os("PROCMON_VM").is_some() {
-        5e-3
+        f64::INFINITY
     } else {
         500e-6
     }

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext},
 };
 use procmon_common::{
-    exit_flags, kind, stat, CgroupRecord, ExitRecord, KernelOffsets, RecordHeader,
+    exit_flags, kind, stat, wait_status, CgroupRecord, ExitRecord, KernelOffsets, RecordHeader,
     CGROUP_ON_SIGNALS,
 };
 
@@ -125,7 +125,7 @@ pub fn new_record(task: Kptr, o: &KernelOffsets) -> ExitRecord {
 /// Crash signals and SIGKILL send the memory cgroup first (see [`send_cgroup`]).
 #[inline(always)]
 pub fn send_cgroup_if_signalled(record: &ExitRecord, task: Kptr, o: &KernelOffsets) {
-    let death_signal = record.exit_status & 0x7f;
+    let death_signal = wait_status::signal(record.exit_status);
     if death_signal < 64 && CGROUP_ON_SIGNALS & (1u64 << death_signal) != 0 {
         send_cgroup(record, task, o);
     }

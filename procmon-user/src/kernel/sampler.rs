@@ -20,8 +20,7 @@ impl Sampler {
     /// Takes the loaded object: it owns every attached program, so the probes stay attached
     /// for as long as the sampler lives.
     pub fn new(ebpf: Ebpf) -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        let page_size = crate::procfs::page_size();
         Self {
             ebpf,
             page_size,
