@@ -44,24 +44,6 @@ pub fn cargo(root: &Path) -> Command {
     cmd
 }
 
-/// Removes the settings that `cargo run` hands to xtask (its rustc, flags, toolchain pin), so
-/// that a nested build on another toolchain (nightly, `cargo install`) starts clean.
-/// NB: procmon-user/build.rs filters the same variables for the same reason.
-pub fn remove_cargo_env(cmd: &mut Command) -> &mut Command {
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        let cargo_setting = key.starts_with("CARGO") && key != "CARGO_HOME";
-        if cargo_setting
-            || key.starts_with("RUSTC")
-            || key == "RUSTUP_TOOLCHAIN"
-            || key == "RUSTFLAGS"
-        {
-            cmd.env_remove(key.as_ref());
-        }
-    }
-    cmd
-}
-
 pub fn display(cmd: &Command) -> String {
     let quote = |s: &OsStr| {
         let s = s.to_string_lossy();

@@ -164,7 +164,7 @@ fn bpf_linker() -> Result<()> {
         install
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22");
-        cmd::run(cmd::remove_cargo_env(&mut install))
+        cmd::run(crate::ebpf::remove_cargo_env(&mut install))
     };
     if install(true).is_err() {
         eprintln!("`cargo install --locked` failed; retrying without --locked (newer dependency versions)");
