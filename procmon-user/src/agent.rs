@@ -21,13 +21,13 @@ use tokio::{io::AsyncWrite, net::TcpListener, sync::watch, task::JoinHandle};
 use crate::{
     attribution::{Attribution, AttributionConfig},
     clock::boottime_ns,
+    events::hub::Hub,
+    events::sink,
     events::EventKind,
-    hub::Hub,
     ingest::{Ingest, Shared},
     kernel::{self, sampler::Sampler},
     metrics::{HealthSnapshot, HealthSource, Metrics},
     procfs::{self, PROC},
-    sink,
     tree::Tree,
 };
 
@@ -136,7 +136,7 @@ impl Pipeline {
         ));
         let http = listener.map(|listener| {
             let mut http_stop = stop_rx.clone();
-            let sse = crate::sse::SseState {
+            let sse = crate::events::sse::SseState {
                 hub: hub.clone(),
                 dropped: metrics.sse_dropped.clone(),
                 clients: metrics.sse_clients.clone(),
@@ -342,7 +342,11 @@ impl HealthSource for AgentHealth {
             tracked_processes: live,
             tree,
             kernel: kernel::read_stats(&self.stats.lock().unwrap_or_else(|e| e.into_inner())),
-            malformed: self.shared.malformed.load(Relaxed),
+            decode_errors: self
+                .shared
+                .decode_errors
+                .each_ref()
+                .map(|n| n.load(Relaxed)),
             sink_lagged: self.shared.sink_lagged.load(Relaxed),
             program_misses: self
                 .program_fds

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
 use tokio::net::TcpListener;
 
-use crate::{metrics::Metrics, sse};
+use crate::{events::sse, metrics::Metrics};
 
 pub fn router(metrics: Arc<Metrics>, sse: sse::SseState) -> Router {
     Router::new()

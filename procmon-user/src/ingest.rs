@@ -15,12 +15,12 @@ use prometheus::{IntCounter, IntCounterVec};
 use crate::{
     attribution::Attribution,
     clock::{boottime_ns, rfc3339, WallClock},
-    deaths::Deaths,
+    deaths::{ancestry, Deaths},
+    events::hub::Hub,
     events::{self, EventKind, EventMsg, ExecEvent, ExitEvent, ExitStatus, ForkEvent, Outcome},
-    hub::Hub,
     metrics::Metrics,
-    oom, procfs,
-    record::{c_str, decode, Record, RECORD_KINDS},
+    procfs,
+    record::{c_str, decode, DecodeError, Record, RECORD_KINDS},
     run::RunLog,
     tree::{Comm, Tree},
 };
@@ -36,7 +36,8 @@ pub struct State {
 /// What the ingest path shares with scrapes, the sampler and the reconciler.
 pub struct Shared {
     pub state: Mutex<State>,
-    pub malformed: AtomicU64,
+    /// Records the decoder rejected, by [`DecodeError::REASONS`].
+    pub decode_errors: [AtomicU64; DecodeError::REASONS.len()],
     pub sink_lagged: AtomicU64,
 }
 
@@ -48,7 +49,7 @@ impl Shared {
                 attribution,
                 run_log: None,
             }),
-            malformed: AtomicU64::new(0),
+            decode_errors: Default::default(),
             sink_lagged: AtomicU64::new(0),
         }
     }
@@ -140,8 +141,12 @@ impl Batch<'_> {
         self.records += 1;
         let record = match decode(bytes) {
             Ok(r) => r,
-            Err(_) => {
-                self.shared.malformed.fetch_add(1, Ordering::Relaxed);
+            Err(e) => {
+                if self.shared.decode_errors[e.index()].fetch_add(1, Ordering::Relaxed) == 0 {
+                    // Once per reason: an ABI mismatch means the agent and its probes were
+                    // built apart, and every record will be rejected.
+                    eprintln!("procmon: warning: rejected a ring-buffer record: {e}");
+                }
                 return;
             }
         };
@@ -193,7 +198,7 @@ impl Batch<'_> {
                 let crash = matches!(outcome, Outcome::Crashed | Outcome::OomKilled);
                 // Before the tree forgets the process and reparents its children.
                 let ancestry =
-                    (crash && self.render).then(|| oom::ancestry(&self.state.tree, r.ppid));
+                    (crash && self.render).then(|| ancestry::ancestry(&self.state.tree, r.ppid));
                 let State {
                     tree,
                     attribution,
@@ -447,7 +452,12 @@ pub(crate) mod tests {
             (Some(0.0015), Some(0.0005))
         );
         assert!(x["time"].as_str().unwrap().ends_with('Z'));
-        assert_eq!(shared.malformed.load(Ordering::Relaxed), 1);
+        let rejected: u64 = shared
+            .decode_errors
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(rejected, 1);
         assert_eq!(metrics.exits.with_label_values(&["crashed"]).get(), 1);
         assert_eq!(metrics.starts.get(), 1);
         assert_eq!(shared.lock().tree.len(), 0);

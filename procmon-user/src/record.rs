@@ -42,6 +42,23 @@ pub enum DecodeError {
     },
 }
 
+impl DecodeError {
+    /// The `reason` label of `procmon_events_lost_total` for a rejected record, indexed like
+    /// [`DecodeError::index`].
+    pub const REASONS: [&'static str; 4] =
+        ["truncated", "abi_mismatch", "unknown_kind", "size_mismatch"];
+
+    /// Position of the error's reason in [`DecodeError::REASONS`].
+    pub fn index(&self) -> usize {
+        match self {
+            DecodeError::Truncated(_) => 0,
+            DecodeError::Version(_) => 1,
+            DecodeError::UnknownKind(_) => 2,
+            DecodeError::Size { .. } => 3,
+        }
+    }
+}
+
 impl Record {
     /// Position of the record's kind in [`RECORD_KINDS`].
     pub fn index(&self) -> usize {

@@ -508,14 +508,17 @@ mod tests {
         assert!("pid:x"
             .parse::<Selector>()
             .unwrap_err()
+            .to_string()
             .contains("not a pid"));
         assert!("foo:x"
             .parse::<Selector>()
             .unwrap_err()
+            .to_string()
             .contains("unknown kind"));
         assert!("make"
             .parse::<Selector>()
             .unwrap_err()
+            .to_string()
             .contains("needs a kind"));
         assert_eq!(
             "comm:make".parse::<Selector>().unwrap().to_string(),

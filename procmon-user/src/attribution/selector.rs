@@ -13,26 +13,45 @@ pub enum Selector {
     Cgroup(String),
 }
 
+/// Why a `--watch` selector was rejected; each message names the selector.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error("watch selector `{0}` needs a kind: pid:N, comm:NAME, exe:PATH or cgroup:PATH")]
+    NoKind(String),
+    #[error("watch selector `{0}` has an empty value")]
+    Empty(String),
+    #[error("watch selector `{selector}`: `{value}` is not a pid")]
+    BadPid { selector: String, value: String },
+    #[error(
+        "watch selector `{selector}`: unknown kind `{kind}` (expected pid, comm, exe or cgroup)"
+    )]
+    UnknownKind { selector: String, kind: String },
+}
+
 impl FromStr for Selector {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, value) = s.split_once(':').ok_or_else(|| {
-            format!("watch selector `{s}` needs a kind: pid:N, comm:NAME, exe:PATH or cgroup:PATH")
-        })?;
+    type Err = SelectorError;
+    fn from_str(s: &str) -> Result<Self, SelectorError> {
+        let (kind, value) = s
+            .split_once(':')
+            .ok_or_else(|| SelectorError::NoKind(s.to_string()))?;
         if value.is_empty() {
-            return Err(format!("watch selector `{s}` has an empty value"));
+            return Err(SelectorError::Empty(s.to_string()));
         }
         match kind {
             "pid" => value
                 .parse()
                 .map(Selector::Pid)
-                .map_err(|_| format!("watch selector `{s}`: `{value}` is not a pid")),
+                .map_err(|_| SelectorError::BadPid {
+                    selector: s.to_string(),
+                    value: value.to_string(),
+                }),
             "comm" => Ok(Selector::Comm(value.to_string())),
             "exe" => Ok(Selector::Exe(value.to_string())),
             "cgroup" => Ok(Selector::Cgroup(value.trim_end_matches('/').to_string())),
-            _ => Err(format!(
-                "watch selector `{s}`: unknown kind `{kind}` (expected pid, comm, exe or cgroup)"
-            )),
+            _ => Err(SelectorError::UnknownKind {
+                selector: s.to_string(),
+                kind: kind.to_string(),
+            }),
         }
     }
 }

@@ -14,7 +14,11 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::{events::Outcome, record::RECORD_KINDS, tree::TreeStats};
+use crate::{
+    events::Outcome,
+    record::{DecodeError, RECORD_KINDS},
+    tree::TreeStats,
+};
 
 /// State read at scrape time.
 #[derive(Debug, Clone, Default)]
@@ -24,8 +28,8 @@ pub struct HealthSnapshot {
     pub tree: TreeStats,
     /// Sums over CPUs of the probes' `STATS` map, indexed by `procmon_common::stat`.
     pub kernel: [u64; stat::COUNT as usize],
-    /// Ring-buffer records the decoder rejected.
-    pub malformed: u64,
+    /// Ring-buffer records the decoder rejected, by [`DecodeError::REASONS`].
+    pub decode_errors: [u64; DecodeError::REASONS.len()],
     /// Events the `--events` writer could not keep up with.
     pub sink_lagged: u64,
     /// Runs of each lifecycle program the kernel skipped (kernel/prog_stats.rs).
@@ -251,7 +255,7 @@ const FAMILIES: [Family; 10] = [
     family("procmon_tree_processes", Kind::Gauge, &[], "Entries tracked by the process tree."),
     family("procmon_tree_evictions_total", Kind::Counter, &[], "Tree entries evicted because the tree reached --max-processes."),
     family("procmon_tree_reconciled_total", Kind::Counter, &["action"], "Tree corrections made against /proc: added (missed fork), removed (missed exit), replaced (pid reuse after a missed exit)."),
-    family("procmon_events_lost_total", Kind::Counter, &["kind", "reason"], "Events lost, by kind and reason (ringbuf_full: the kernel ring buffer was full; malformed: rejected by the decoder; sink_lagged: the --events writer fell behind)."),
+    family("procmon_events_lost_total", Kind::Counter, &["kind", "reason"], "Events lost, by kind and reason (ringbuf_full: the kernel ring buffer was full; truncated, abi_mismatch, unknown_kind, size_mismatch: rejected by the decoder; sink_lagged: the --events writer fell behind)."),
     family("procmon_kernel_read_errors_total", Kind::Counter, &[], "Kernel memory reads that failed in the probes (the field was sent as zero)."),
     family("procmon_kernel_thread_exits_total", Kind::Counter, &[], "Thread (not process) exits seen by the exit probe."),
     family("procmon_kernel_exits_not_deferred_total", Kind::Counter, &[], "Exit records sent before the exit path finished (pending-exit map full): their CPU time is slightly low."),
@@ -327,9 +331,16 @@ impl Collector for StateCollector {
                     labels(&["cgroup", "ringbuf_full"]),
                     k(stat::RINGBUF_FULL_CGROUP) as f64,
                 ),
-                (labels(&["unknown", "malformed"]), s.malformed as f64),
                 (labels(&["unknown", "sink_lagged"]), s.sink_lagged as f64),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                DecodeError::REASONS
+                    .iter()
+                    .zip(s.decode_errors)
+                    .map(|(reason, n)| (labels(&["unknown", reason]), n as f64)),
+            )
+            .collect(),
             one(k(stat::READ_ERROR)),
             one(k(stat::THREAD_EXITS)),
             one(k(stat::EXIT_NOT_DEFERRED)),
@@ -386,9 +397,9 @@ mod tests {
         let mut s = HealthSnapshot {
             live_processes: 42,
             tracked_processes: 42,
-            malformed: 2,
             ..Default::default()
         };
+        s.decode_errors[1] = 2;
         s.kernel[stat::RINGBUF_FULL_EXIT as usize] = 7;
         s.tree.evictions = 3;
         let m = Metrics::new(Arc::new(Fixed(s)));
@@ -401,7 +412,8 @@ mod tests {
             "procmon_processes_live 42",
             "procmon_tree_evictions_total 3",
             "procmon_events_lost_total{kind=\"exit\",reason=\"ringbuf_full\"} 7",
-            "procmon_events_lost_total{kind=\"unknown\",reason=\"malformed\"} 2",
+            "procmon_events_lost_total{kind=\"unknown\",reason=\"abi_mismatch\"} 2",
+            "procmon_events_lost_total{kind=\"unknown\",reason=\"truncated\"} 0",
             "procmon_process_exits_total{outcome=\"crashed\"} 1",
             "procmon_process_exits_total{outcome=\"clean\"} 0",
             "# TYPE procmon_ringbuf_reader_lag_seconds histogram",

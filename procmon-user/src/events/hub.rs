@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use tokio::sync::broadcast;
 
 use crate::{
+    events::history::{History, Replay},
     events::EventMsg,
-    history::{History, Replay},
 };
 
 pub struct Hub {

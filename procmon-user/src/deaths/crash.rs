@@ -4,10 +4,9 @@
 use procmon_common::{ExitRecord, OomKillRecord};
 
 use crate::{
-    deaths::Death,
+    deaths::{oom, Death},
     events::{self, signal_label, Ancestor, EventKind, ExitStatus, LastSample},
     ingest::{Batch, ExitFields},
-    oom,
     record::cgroup_path,
     tree::{Comm, Process},
     workload,

@@ -2,6 +2,11 @@
 //! `--events` and streamed over SSE (`/events`). Each event is rendered to JSON once, then
 //! shared as `Bytes` by every consumer.
 
+pub mod history;
+pub mod hub;
+pub mod sink;
+pub mod sse;
+
 use bytes::Bytes;
 use procmon_common::{signal, wait_status, CRASH_SIGNALS};
 use serde::Serialize;
@@ -36,7 +41,7 @@ impl EventKind {
     }
 
     /// Parses a comma-separated list (`oom_kill,crash`); empty parts are ignored.
-    pub fn parse_list(s: &str) -> Result<Vec<EventKind>, String> {
+    pub fn parse_list(s: &str) -> Result<Vec<EventKind>, UnknownEventKind> {
         s.split(',')
             .map(str::trim)
             .filter(|k| !k.is_empty())
@@ -45,15 +50,17 @@ impl EventKind {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event kind `{0}` (expected fork, exec, exit, oom_kill or crash)")]
+pub struct UnknownEventKind(pub String);
+
 impl std::str::FromStr for EventKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownEventKind;
+    fn from_str(s: &str) -> Result<Self, UnknownEventKind> {
         EventKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown event kind `{s}` (expected fork, exec, exit, oom_kill or crash)")
-            })
+            .ok_or_else(|| UnknownEventKind(s.to_string()))
     }
 }
 
@@ -371,6 +378,7 @@ mod tests {
         assert!("bogus"
             .parse::<EventKind>()
             .unwrap_err()
+            .to_string()
             .contains("oom_kill or crash"));
         assert_eq!(
             EventKind::parse_list("oom_kill, crash,"),

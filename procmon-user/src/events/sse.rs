@@ -23,8 +23,8 @@ use serde::Deserialize;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
 use crate::{
+    events::hub::Hub,
     events::{EventKind, EventMsg},
-    hub::Hub,
 };
 
 /// Idle connections get a comment this often, so proxies keep them and dead peers surface.

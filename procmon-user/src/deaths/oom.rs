@@ -5,11 +5,10 @@ use procmon_common::{oom_flags, OomConstraint, OomKillRecord};
 
 use crate::{
     clock::rfc3339,
-    events::{self, Ancestor, EventKind, EventMsg, LastSample, OomKillEvent},
+    events::{self, EventKind, EventMsg, LastSample, OomKillEvent},
     ingest::Batch,
     procfs,
     record::cgroup_path,
-    tree::Tree,
 };
 
 /// With [`oom_flags::INFERRED`], 0 means no memory cgroup was at its limit: `global`.
@@ -29,17 +28,6 @@ pub fn constraint_source(flags: u32) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-/// A process's ancestors from the tree, nearest first (its parent is `ppid`).
-pub fn ancestry(tree: &Tree, ppid: u32) -> Vec<Ancestor> {
-    tree.ancestry(ppid)
-        .into_iter()
-        .map(|(pid, comm)| Ancestor {
-            pid,
-            comm: comm.map(|c| c.to_lossy()),
-        })
-        .collect()
 }
 
 pub fn render_oom_kill(
@@ -70,7 +58,7 @@ pub fn render_oom_kill(
         None
     };
     let ancestry = if has_task {
-        ancestry(&batch.state.tree, r.ppid)
+        super::ancestry::ancestry(&batch.state.tree, r.ppid)
     } else {
         Vec::new()
     };

@@ -1,0 +1,118 @@
+//! Running the command: the pipeline starts, the command runs as the watched root, and its
+//! tree is reported when it exits.
+
+use std::os::unix::process::ExitStatusExt;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{
+    log::RunLog,
+    report::{render_text, RunReport},
+};
+
+/// `procmon run`: starts the pipeline, runs the command as a watched root, reports.
+pub async fn execute(
+    settings: crate::cli::Settings,
+    command: Vec<String>,
+    json: Option<std::path::PathBuf>,
+) -> anyhow::Result<u8> {
+    crate::kernel::check_privileges()?;
+    // Fail before running anything if the report cannot be written.
+    let json_file = json
+        .as_ref()
+        .map(|p| {
+            std::fs::File::create(p)
+                .with_context(|| format!("cannot create --json file {}", p.display()))
+        })
+        .transpose()?;
+    let listener = match settings.listen {
+        Some(addr) => Some(crate::agent::bind(addr).await?),
+        None => None,
+    };
+    let pipeline = crate::agent::Pipeline::start(settings.pipeline, listener, None).await?;
+
+    // The command is spawned with the state locked: the reader cannot apply its fork (or
+    // anything it forks) before it is watched, and the command never waits on procmon.
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    let started = std::time::Instant::now();
+    let spawned = {
+        let mut state = pipeline.shared.lock();
+        cmd.spawn().inspect(|child| {
+            let crate::ingest::State {
+                tree,
+                attribution,
+                run_log,
+            } = &mut *state;
+            attribution.watch_pid(tree, child.id());
+            *run_log = Some(RunLog::new(child.id(), tree));
+        })
+    };
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            pipeline.stop().await?;
+            eprintln!("procmon: cannot run `{}`: {e}", command[0]);
+            // What shells return for a command that cannot be found or executed.
+            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
+    let pid = child.id();
+
+    // Ctrl-C and SIGTERM go to the command; procmon reports once it is gone.
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let wait = tokio::task::spawn_blocking(move || child.wait());
+    tokio::pin!(wait);
+    let status = loop {
+        tokio::select! {
+            status = &mut wait => break status?.context("waiting for the command failed")?,
+            _ = int.recv() => unsafe { libc::kill(pid as i32, libc::SIGINT); },
+            _ = term.recv() => unsafe { libc::kill(pid as i32, libc::SIGTERM); },
+        }
+    };
+    let duration = started.elapsed();
+    // Its exit record is sent at its final context switch and read within a drain interval.
+    for _ in 0..300 {
+        if pipeline
+            .shared
+            .lock()
+            .run_log
+            .as_ref()
+            .is_some_and(RunLog::root_exited)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let shared = pipeline.shared.clone();
+    pipeline.stop().await?;
+    let root = {
+        let state = shared.lock();
+        state
+            .run_log
+            .as_ref()
+            .and_then(|log| log.report(&state.tree, crate::clock::boottime_ns()))
+    };
+    let (exit_code, signal) = (status.code(), status.signal());
+    let code = exit_code.unwrap_or_else(|| 128 + signal.unwrap_or(0));
+    let report = RunReport {
+        command,
+        status: code,
+        exit_code,
+        signal,
+        duration_seconds: duration.as_secs_f64(),
+        root,
+    };
+    eprint!("{}", render_text(&report));
+    if let (Some(file), Some(path)) = (json_file, json) {
+        serde_json::to_writer_pretty(std::io::BufWriter::new(file), &report)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(code.clamp(0, 255) as u8)
+}
