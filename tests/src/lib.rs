@@ -4,10 +4,9 @@
 //! Everything here panics with a message instead of returning `Result`: a failed assertion
 //! in a privileged test must say where and why (aya's `test/README.md` habit).
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,10 +14,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod http;
 pub mod kmsg;
 pub mod memcg;
+pub mod prom;
 pub mod sse;
 pub mod workload;
+
+pub use http::http_get;
+pub use prom::{Metrics, Sample};
 
 /// How long the agent may take to load and attach its programs and start serving.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -170,53 +174,6 @@ pub fn as_pid(v: &Value) -> u32 {
     v.as_u64()
         .and_then(|p| u32::try_from(p).ok())
         .unwrap_or_else(|| panic!("not a pid: {v}"))
-}
-
-/// A minimal HTTP/1.0 GET: (status, body). HTTP/1.0 with `Connection: close` means the body
-/// ends at EOF; chunked bodies are still decoded in case a server answers with them anyway.
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status code"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body).ok_or_else(|| bad("bad chunked body"))?
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> Option<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(rest.get(..size)?);
-        body = rest.get(size..)?.strip_prefix("\r\n")?;
-    }
 }
 
 /// A running `procmon agent`, stopped (SIGTERM, then SIGKILL) on drop.
@@ -497,262 +454,4 @@ pub fn events_for<'a>(events: &'a [Value], kind: &str, pid: u32) -> Vec<&'a Valu
         .iter()
         .filter(|e| e["kind"] == kind && e["pid"] == pid)
         .collect()
-}
-
-/// One sample line of the Prometheus text format.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-/// A parsed `/metrics` page.
-#[derive(Debug, Clone, Default)]
-pub struct Metrics {
-    pub samples: Vec<Sample>,
-}
-
-impl Metrics {
-    /// Parses the Prometheus text exposition format (version 0.0.4): `#` lines are skipped,
-    /// label values are unescaped, an optional timestamp after the value is ignored.
-    pub fn parse(text: &str) -> Result<Metrics, String> {
-        let samples = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-            .map(|(i, l)| parse_sample(l).map_err(|e| format!("line {}: {e}: {l:?}", i + 1)))
-            .collect::<Result<_, _>>()?;
-        Ok(Metrics { samples })
-    }
-
-    /// All series of metric `name`.
-    pub fn series<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |s| s.name == name)
-    }
-
-    /// The value of the series with exactly these labels, if it is exported.
-    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.series(name)
-            .find(|s| {
-                s.labels.len() == labels.len()
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|s| s.value)
-    }
-
-    /// Series of metric `name` whose labels include all of `labels` (others may be present).
-    pub fn matching<'a: 'b, 'b>(
-        &'a self,
-        name: &'b str,
-        labels: &'b [(&'b str, &'b str)],
-    ) -> impl Iterator<Item = &'a Sample> + 'b {
-        self.samples.iter().filter(move |s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-    }
-
-    /// The sum of [`Metrics::matching`] series (0 when there are none).
-    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.matching(name, labels).map(|s| s.value).sum()
-    }
-
-    /// [`Metrics::get`], with a series not (yet) exported counting as 0: counter vectors
-    /// usually appear only once a label value is first incremented.
-    pub fn get_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or(0.0)
-    }
-}
-
-fn parse_sample(line: &str) -> Result<Sample, String> {
-    let line = line.trim();
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .ok_or("no value")?;
-    let name = &line[..name_end];
-    let valid_name = |n: &str| {
-        n.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    };
-    if !valid_name(name) {
-        return Err(format!("bad metric name {name:?}"));
-    }
-    let mut labels = BTreeMap::new();
-    let mut rest = &line[name_end..];
-    if let Some(mut r) = rest.strip_prefix('{') {
-        loop {
-            r = r.trim_start();
-            if let Some(after) = r.strip_prefix('}') {
-                rest = after;
-                break;
-            }
-            let (key, after) = r.split_once('=').ok_or("label without '='")?;
-            let key = key.trim();
-            if !valid_name(key) || key.contains(':') {
-                return Err(format!("bad label name {key:?}"));
-            }
-            let after = after
-                .trim_start()
-                .strip_prefix('"')
-                .ok_or("label value not quoted")?;
-            let (value, after) = unescape_label_value(after)?;
-            if labels.insert(key.to_string(), value).is_some() {
-                return Err(format!("duplicate label {key:?}"));
-            }
-            r = after.trim_start();
-            r = r.strip_prefix(',').unwrap_or(r);
-        }
-    }
-    let mut fields = rest.split_whitespace();
-    let value = fields.next().ok_or("no value")?;
-    let value: f64 = value.parse().map_err(|_| format!("bad value {value:?}"))?;
-    if let Some(ts) = fields.next() {
-        ts.parse::<i64>()
-            .map_err(|_| format!("bad timestamp {ts:?}"))?;
-    }
-    if fields.next().is_some() {
-        return Err("trailing garbage".into());
-    }
-    Ok(Sample {
-        name: name.to_string(),
-        labels,
-        value,
-    })
-}
-
-/// Reads a label value up to its closing quote; returns it unescaped and the text after it.
-fn unescape_label_value(s: &str) -> Result<(String, &str), String> {
-    let mut out = String::new();
-    let mut chars = s.char_indices();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '"' => return Ok((out, &s[i + 1..])),
-            '\\' => match chars.next() {
-                Some((_, 'n')) => out.push('\n'),
-                Some((_, '\\')) => out.push('\\'),
-                Some((_, '"')) => out.push('"'),
-                other => return Err(format!("bad escape {other:?} in label value")),
-            },
-            c => out.push(c),
-        }
-    }
-    Err("unterminated label value".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const PAGE: &str = r#"# HELP procmon_process_exits_total Processes that exited, by outcome.
-# TYPE procmon_process_exits_total counter
-procmon_process_exits_total{outcome="clean"} 42
-procmon_process_exits_total{outcome="crashed"} 1
-procmon_processes_live 301
-# TYPE procmon_ringbuf_reader_lag_seconds histogram
-procmon_ringbuf_reader_lag_seconds_bucket{le="0.001"} 7
-procmon_ringbuf_reader_lag_seconds_bucket{le="+Inf"} 9
-procmon_ringbuf_reader_lag_seconds_sum 1.5e-3
-procmon_events_lost_total{kind="exit", reason="ringbuf_full",} 0 1700000000000
-
-weird{path="C:\\dir\"x\"\nnext"} NaN
-"#;
-
-    #[test]
-    fn parses_names_labels_values() {
-        let m = Metrics::parse(PAGE).expect("valid page");
-        assert_eq!(m.samples.len(), 8);
-        assert_eq!(
-            m.get("procmon_process_exits_total", &[("outcome", "clean")]),
-            Some(42.0)
-        );
-        assert_eq!(m.get("procmon_processes_live", &[]), Some(301.0));
-        assert_eq!(
-            m.get(
-                "procmon_ringbuf_reader_lag_seconds_bucket",
-                &[("le", "+Inf")]
-            ),
-            Some(9.0)
-        );
-        assert_eq!(
-            m.get("procmon_ringbuf_reader_lag_seconds_sum", &[]),
-            Some(0.0015)
-        );
-        assert_eq!(
-            m.get(
-                "procmon_events_lost_total",
-                &[("kind", "exit"), ("reason", "ringbuf_full")]
-            ),
-            Some(0.0),
-            "spaces after commas, a trailing comma and a timestamp are all allowed"
-        );
-        let weird = m.series("weird").next().expect("weird sample");
-        assert_eq!(weird.labels["path"], "C:\\dir\"x\"\nnext");
-        assert!(weird.value.is_nan());
-    }
-
-    #[test]
-    fn get_needs_the_exact_label_set() {
-        let m = Metrics::parse(PAGE).unwrap();
-        assert_eq!(m.get("procmon_process_exits_total", &[]), None);
-        assert_eq!(
-            m.get("procmon_events_lost_total", &[("kind", "exit")]),
-            None
-        );
-        assert_eq!(
-            m.get_or_zero("procmon_process_exits_total", &[("outcome", "error")]),
-            0.0
-        );
-        assert_eq!(m.series("procmon_process_exits_total").count(), 2);
-    }
-
-    #[test]
-    fn matching_is_a_label_subset() {
-        let m = Metrics::parse(PAGE).unwrap();
-        assert_eq!(m.matching("procmon_process_exits_total", &[]).count(), 2);
-        assert_eq!(
-            m.matching("procmon_events_lost_total", &[("kind", "exit")])
-                .count(),
-            1
-        );
-        assert_eq!(m.sum("procmon_process_exits_total", &[]), 43.0);
-        assert_eq!(
-            m.sum("procmon_process_exits_total", &[("outcome", "error")]),
-            0.0
-        );
-    }
-
-    #[test]
-    fn rejects_malformed_lines() {
-        for bad in [
-            "no_value",
-            "x{a=\"1\"}",
-            "x{a=1} 2",
-            "x{a=\"1} 2",
-            "x{a=\"\\t\"} 1",
-            "x{a=\"1\",a=\"2\"} 1",
-            "x 1 2 3",
-            "x one",
-            "1x 1",
-            "x 1 1.5",
-        ] {
-            assert!(Metrics::parse(bad).is_err(), "accepted {bad:?}");
-        }
-    }
-
-    #[test]
-    fn dechunks() {
-        assert_eq!(
-            dechunk("3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n").as_deref(),
-            Some("abcde")
-        );
-        assert_eq!(dechunk("5\r\nab\r\n"), None);
-    }
 }

@@ -86,7 +86,7 @@ impl Agent {
 
     /// Sum of every `procmon_events_lost_total` series (0 when the agent exports none yet).
     pub fn lost_events(&self) -> Result<f64> {
-        prom::sum_metric(&self.metrics()?.body, "procmon_events_lost_total")
+        Ok(prom::parse(&self.metrics()?.body)?.sum("procmon_events_lost_total", &[]))
     }
 
     /// One scrape of /metrics, timed.

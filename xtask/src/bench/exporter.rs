@@ -74,7 +74,7 @@ pub fn measure(log_dir: &Path, scrapes: usize) -> Result<Scrapes> {
     let mut exporter = Exporter { child, addr };
     // The first scrape matches every new process's cmdline once: a warm-up, not measured.
     let warm = wait_ready(&mut exporter)?;
-    let processes = prom::sum_metric(&warm.body, "namedprocess_namegroup_num_procs")?;
+    let processes = prom::parse(&warm.body)?.sum("namedprocess_namegroup_num_procs", &[]);
     let cpu_before = agent::cpu_seconds(exporter.child.id())?;
     let mut seconds = Vec::new();
     let mut bytes = 0;

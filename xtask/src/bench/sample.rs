@@ -83,7 +83,9 @@ fn procmon(bin: &Path, log: &Path, parent: u32, processes: u32, seconds: u32) ->
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     let first = loop {
         let scrape = agent.metrics()?;
-        let series = prom::count_series(&scrape.body, "procmon_child_alive");
+        let series = prom::parse(&scrape.body)?
+            .series("procmon_child_alive")
+            .count();
         if series >= processes as usize || Instant::now() > deadline {
             break scrape;
         }
@@ -92,10 +94,11 @@ fn procmon(bin: &Path, log: &Path, parent: u32, processes: u32, seconds: u32) ->
     let (cpu, started) = (agent.cpu_seconds()?, Instant::now());
     thread::sleep(Duration::from_secs(seconds.into()));
     let idle_cpu_ratio = (agent.cpu_seconds()? - cpu) / started.elapsed().as_secs_f64();
-    let last = agent.metrics()?;
+    let first = prom::parse(&first.body)?;
+    let last = prom::parse(&agent.metrics()?.body)?;
     let passes = match (
-        Histogram::parse(&first.body, PASS_HISTOGRAM)?,
-        Histogram::parse(&last.body, PASS_HISTOGRAM)?,
+        prom::histogram(&first, PASS_HISTOGRAM)?,
+        prom::histogram(&last, PASS_HISTOGRAM)?,
     ) {
         (Some(first), Some(last)) => Some(last.since(&first)),
         _ => None,
@@ -112,9 +115,9 @@ fn procmon(bin: &Path, log: &Path, parent: u32, processes: u32, seconds: u32) ->
     agent.stop()?;
     Ok(Procmon {
         passes,
-        live: prom::sum_metric(&last.body, "procmon_processes_live")?,
+        live: last.sum("procmon_processes_live", &[]),
         idle_cpu_ratio,
-        child_series: prom::count_series(&last.body, "procmon_child_alive"),
+        child_series: last.series("procmon_child_alive").count(),
         scrape_seconds,
         scrape_cpu_seconds: busy.max(0.0) / PROCMON_SCRAPES as f64,
         bytes,
