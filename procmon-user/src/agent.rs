@@ -19,6 +19,7 @@ use aya::maps::{MapData, PerCpuArray};
 use tokio::{io::AsyncWrite, net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
+    attribution::ProcessTree,
     attribution::{Attribution, AttributionConfig},
     clock::boottime_ns,
     events::hub::Hub,
@@ -28,7 +29,6 @@ use crate::{
     kernel::{self, sampler::Sampler},
     metrics::{HealthSnapshot, HealthSource, Metrics},
     procfs::{self, PROC},
-    tree::Tree,
 };
 
 pub struct PipelineConfig {
@@ -78,7 +78,7 @@ impl Pipeline {
             ringbuf_bytes: cfg.ringbuf_bytes,
         })?;
         let mut sampler = Sampler::new(ebpf);
-        let mut tree = Tree::new(cfg.max_processes);
+        let mut tree = ProcessTree::new(cfg.max_processes);
         tree.seed(
             procfs::scan(PROC.as_ref()).context("cannot read /proc to seed the process tree")?,
         );

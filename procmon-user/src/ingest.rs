@@ -14,6 +14,7 @@ use prometheus::{IntCounter, IntCounterVec};
 
 use crate::{
     attribution::Attribution,
+    attribution::ProcessTree,
     clock::{boottime_ns, rfc3339, WallClock},
     deaths::{ancestry, Deaths},
     events::hub::Hub,
@@ -22,12 +23,12 @@ use crate::{
     procfs,
     record::{c_str, decode, DecodeError, Record, RECORD_KINDS},
     run::RunLog,
-    tree::{Comm, Tree},
+    tree::Comm,
 };
 
 /// The tree and what is attributed over it: always changed together, under one lock.
 pub struct State {
-    pub tree: Tree,
+    pub tree: ProcessTree,
     pub attribution: Attribution,
     /// `procmon run` keeps every process of the command's tree.
     pub run_log: Option<RunLog>,
@@ -42,7 +43,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(tree: Tree, attribution: Attribution) -> Self {
+    pub fn new(tree: ProcessTree, attribution: Attribution) -> Self {
         Self {
             state: Mutex::new(State {
                 tree,
@@ -389,7 +390,7 @@ pub(crate) mod tests {
         (
             metrics,
             ingest,
-            Shared::new(Tree::new(100), test_attribution()),
+            Shared::new(ProcessTree::new(100), test_attribution()),
             rx,
         )
     }

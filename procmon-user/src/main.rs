@@ -8,6 +8,7 @@ mod agent;
 mod attribution;
 mod cli;
 mod clock;
+mod comm;
 mod deaths;
 mod events;
 mod http;

@@ -5,7 +5,7 @@ use std::{fs, io, path::Path, sync::OnceLock};
 
 use procmon_common::COMM_LEN;
 
-use crate::tree::Comm;
+use crate::comm::Comm;
 
 pub const PROC: &str = "/proc";
 

@@ -7,52 +7,30 @@
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
-    fmt,
     sync::Arc,
 };
 
-use procmon_common::{fork_flags, ExecRecord, ExitRecord, ForkRecord, COMM_LEN};
+use procmon_common::{fork_flags, ExecRecord, ExitRecord, ForkRecord};
 
+pub use crate::comm::Comm;
 use crate::{
-    attribution::Accounting,
     procfs::{tick_ns, ProcSnapshot},
     record::c_str,
 };
 
-/// A kernel `comm`: up to 15 bytes, NUL-padded, not necessarily UTF-8.
-#[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct Comm([u8; COMM_LEN]);
-
-impl Comm {
-    pub fn from_bytes(bytes: &[u8]) -> Self {
-        let mut c = [0u8; COMM_LEN];
-        let n = bytes.len().min(COMM_LEN - 1);
-        c[..n].copy_from_slice(&bytes[..n]);
-        Comm(c)
-    }
-
-    pub fn from_raw(raw: [u8; COMM_LEN]) -> Self {
-        Self::from_bytes(c_str(&raw))
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        c_str(&self.0)
-    }
-
-    /// For labels and JSON: invalid UTF-8 becomes U+FFFD.
-    pub fn to_lossy(self) -> String {
-        String::from_utf8_lossy(self.as_bytes()).into_owned()
-    }
+/// What a layer above the tree keeps per process (attribution keeps where its CPU and
+/// memory count), so the tree carries it without knowing what it is.
+pub trait Extension: Clone + Default + std::fmt::Debug + PartialEq {
+    /// What a forked child starts with, given its parent's.
+    fn inherit(&self) -> Self;
 }
 
-impl fmt::Debug for Comm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.to_lossy())
-    }
+impl Extension for () {
+    fn inherit(&self) -> Self {}
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Process {
+pub struct Process<X = ()> {
     pub pid: u32,
     pub ppid: u32,
     /// Boottime ns of the process start; tick-precise for processes seeded from /proc.
@@ -62,8 +40,8 @@ pub struct Process {
     pub exe: Option<Arc<str>>,
     /// PR_SET_CHILD_SUBREAPER was seen set on it: orphans below it are reparented to it.
     pub subreaper: bool,
-    /// Where its CPU and memory are attributed; inherited at fork.
-    pub acct: Accounting,
+    /// The extension's state for this process; inherited at fork.
+    pub ext: X,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,8 +53,8 @@ pub struct TreeStats {
     pub pid_reuse: u64,
 }
 
-pub struct Tree {
-    procs: HashMap<u32, Process>,
+pub struct Tree<X = ()> {
+    procs: HashMap<u32, Process<X>>,
     /// (ppid, pid) for every tracked process: children of P are the range (P, _).
     children: BTreeSet<(u32, u32)>,
     /// Insertion order, for evicting the oldest; stale entries are skipped lazily.
@@ -91,7 +69,7 @@ pub fn same_start(a: u64, b: u64) -> bool {
     a / tick_ns() == b / tick_ns()
 }
 
-impl Tree {
+impl<X: Extension> Tree<X> {
     pub fn new(capacity: usize) -> Self {
         Self {
             procs: HashMap::new(),
@@ -110,26 +88,26 @@ impl Tree {
         self.stats
     }
 
-    pub fn get(&self, pid: u32) -> Option<&Process> {
+    pub fn get(&self, pid: u32) -> Option<&Process<X>> {
         self.procs.get(&pid)
     }
 
     /// The tracked process `pid` if it is the one that started at `start_ns`.
-    pub fn get_exact(&self, pid: u32, start_ns: u64) -> Option<&Process> {
+    pub fn get_exact(&self, pid: u32, start_ns: u64) -> Option<&Process<X>> {
         self.procs
             .get(&pid)
             .filter(|p| same_start(p.start_ns, start_ns))
     }
 
-    pub fn get_mut(&mut self, pid: u32) -> Option<&mut Process> {
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut Process<X>> {
         self.procs.get_mut(&pid)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Process> {
+    pub fn iter(&self) -> impl Iterator<Item = &Process<X>> {
         self.procs.values()
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Process> {
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Process<X>> {
         self.procs.values_mut()
     }
 
@@ -177,11 +155,11 @@ impl Tree {
             .get_mut(&r.ppid)
             .filter(|p| same_start(p.start_ns, r.parent_start_ns));
         let mut exe = None;
-        let mut acct = Accounting::default();
+        let mut ext = X::default();
         if let Some(parent) = parent {
             parent.subreaper |= r.flags & fork_flags::PARENT_IS_SUBREAPER != 0;
             exe = parent.exe.clone();
-            acct = parent.acct.inherit();
+            ext = parent.ext.inherit();
         }
         self.upsert(Process {
             pid: r.pid,
@@ -190,7 +168,7 @@ impl Tree {
             comm: Comm::from_raw(r.comm),
             exe,
             subreaper: false,
-            acct,
+            ext,
         });
     }
 
@@ -199,10 +177,10 @@ impl Tree {
         let old_comm = self.get_exact(r.pid, r.start_ns).map(|p| p.comm);
         let exe: Arc<str> = String::from_utf8_lossy(c_str(&r.filename)).into();
         // Exec before any fork was seen: inherit from the parent as a fork would have.
-        let acct = self
+        let ext = self
             .procs
             .get(&r.ppid)
-            .map(|p| p.acct.inherit())
+            .map(|p| p.ext.inherit())
             .unwrap_or_default();
         self.upsert(Process {
             pid: r.pid,
@@ -211,13 +189,13 @@ impl Tree {
             comm: Comm::from_raw(r.comm),
             exe: Some(exe),
             subreaper: false,
-            acct,
+            ext,
         });
         old_comm
     }
 
     /// Removes the exiting process, reparents its children, and returns it if it was tracked.
-    pub fn on_exit(&mut self, r: &ExitRecord) -> Option<Process> {
+    pub fn on_exit(&mut self, r: &ExitRecord) -> Option<Process<X>> {
         self.get_exact(r.pid, r.start_ns)?;
         let gone = self.remove(r.pid)?;
         let orphans: Vec<u32> = self.children_of(gone.pid).collect();
@@ -290,7 +268,7 @@ impl Tree {
         1
     }
 
-    fn upsert(&mut self, new: Process) {
+    fn upsert(&mut self, new: Process<X>) {
         match self.procs.get_mut(&new.pid) {
             Some(p) if same_start(p.start_ns, new.start_ns) => {
                 let ppid = new.ppid;
@@ -311,7 +289,7 @@ impl Tree {
         }
     }
 
-    fn insert(&mut self, p: Process) {
+    fn insert(&mut self, p: Process<X>) {
         while self.procs.len() >= self.capacity {
             if !self.evict_oldest() {
                 break;
@@ -343,7 +321,7 @@ impl Tree {
         }
     }
 
-    fn remove(&mut self, pid: u32) -> Option<Process> {
+    fn remove(&mut self, pid: u32) -> Option<Process<X>> {
         let p = self.procs.remove(&pid)?;
         self.children.remove(&(p.ppid, pid));
         Some(p)
@@ -358,7 +336,7 @@ impl Tree {
     }
 }
 
-impl From<ProcSnapshot> for Process {
+impl<X: Default> From<ProcSnapshot> for Process<X> {
     fn from(s: ProcSnapshot) -> Self {
         Process {
             pid: s.pid,
@@ -367,7 +345,7 @@ impl From<ProcSnapshot> for Process {
             comm: s.comm,
             exe: None,
             subreaper: false,
-            acct: Accounting::default(),
+            ext: X::default(),
         }
     }
 }
@@ -389,7 +367,7 @@ mod tests {
     }
 
     fn tree_with_init() -> Tree {
-        let mut t = Tree::new(100);
+        let mut t = Tree::<()>::new(100);
         t.seed(vec![snap(1, 0, SEC)]);
         t
     }
@@ -469,7 +447,7 @@ mod tests {
 
     #[test]
     fn eviction_at_the_bound_removes_oldest_and_counts() {
-        let mut t = Tree::new(3);
+        let mut t = Tree::<()>::new(3);
         for (i, pid) in [100, 101, 102, 103, 104].into_iter().enumerate() {
             t.on_fork(&fork(pid, 1, (i as u64 + 1) * SEC));
         }
@@ -480,7 +458,7 @@ mod tests {
 
     #[test]
     fn eviction_order_stays_bounded_under_churn() {
-        let mut t = Tree::new(10);
+        let mut t = Tree::<()>::new(10);
         for i in 0..100_000u32 {
             let start = (i as u64 + 1) * SEC;
             t.on_fork(&fork(1000 + i, 1, start));
@@ -530,6 +508,9 @@ mod tests {
         let c = Comm::from_bytes(b"a\"b\\c\nd\xff\xfe");
         assert_eq!(c.as_bytes(), b"a\"b\\c\nd\xff\xfe");
         assert_eq!(c.to_lossy(), "a\"b\\c\nd\u{fffd}\u{fffd}");
-        assert_eq!(Comm::from_bytes(&[b'x'; 40]).as_bytes().len(), COMM_LEN - 1);
+        assert_eq!(
+            Comm::from_bytes(&[b'x'; 40]).as_bytes().len(),
+            procmon_common::COMM_LEN - 1
+        );
     }
 }

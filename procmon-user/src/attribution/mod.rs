@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, sync::Arc};
 pub use selector::Selector;
 
 use crate::{
-    tree::{same_start, Comm, Process, Tree},
+    tree::{same_start, Comm, Extension, Process, Tree},
     workload::{self, WorkloadId, Workloads},
 };
 
@@ -40,9 +40,13 @@ pub struct Accounting {
     pub live: LiveSample,
 }
 
-impl Accounting {
+/// The process tree as the agent keeps it: each process with where it counts.
+pub type ProcessTree = Tree<Accounting>;
+pub type TrackedProcess = Process<Accounting>;
+
+impl Extension for Accounting {
     /// What a forked child starts with: its parent's units and cgroup (a guess until read).
-    pub fn inherit(&self) -> Self {
+    fn inherit(&self) -> Self {
         Self {
             units: self.units.clone(),
             workload: self.workload,
@@ -156,7 +160,7 @@ impl Attribution {
 
     /// Watches `pid` from now on (`procmon run` watches the command it starts). Its fork may
     /// not have been seen yet; then the fork makes it a root.
-    pub fn watch_pid(&mut self, tree: &mut Tree, pid: u32) {
+    pub fn watch_pid(&mut self, tree: &mut ProcessTree, pid: u32) {
         self.cfg.selectors.push(Selector::Pid(pid));
         if tree.get(pid).is_some() {
             self.make_root(tree, pid, self.cfg.selectors.len() - 1);
@@ -164,9 +168,9 @@ impl Attribution {
     }
 
     /// The root unit headed by `pid`, if it is watched.
-    pub fn root_of(&self, tree: &Tree, pid: u32) -> Option<UnitId> {
+    pub fn root_of(&self, tree: &ProcessTree, pid: u32) -> Option<UnitId> {
         let p = tree.get(pid)?;
-        p.acct.units.iter().copied().find(|u| {
+        p.ext.units.iter().copied().find(|u| {
             self.units.get(u).is_some_and(|unit| {
                 matches!(unit.kind, UnitKind::Root { .. })
                     && unit.pid == pid
@@ -177,7 +181,7 @@ impl Attribution {
 
     /// After seeding: find the watched processes among those already running and attribute
     /// their existing subtrees.
-    pub fn seed(&mut self, tree: &mut Tree) {
+    pub fn seed(&mut self, tree: &mut ProcessTree) {
         let roots: Vec<(u32, usize)> = tree
             .iter()
             .filter_map(|p| self.selector_for(p).map(|w| (p.pid, w)))
@@ -194,20 +198,19 @@ impl Attribution {
                 while let Some(pid) = stack.pop() {
                     stack.extend(tree.children_of(pid));
                     if let Some(p) = tree.get_mut(pid) {
-                        p.acct.units.extend([root, unit]);
+                        p.ext.units.extend([root, unit]);
                     }
                 }
             }
             if let Some(p) = tree.get_mut(pid) {
-                p.acct.units.push(root);
+                p.ext.units.push(root);
             }
         }
     }
 
-    pub fn on_fork(&mut self, tree: &mut Tree, pid: u32) {
+    pub fn on_fork(&mut self, tree: &mut ProcessTree, pid: u32) {
         let Some(child) = tree.get(pid) else { return };
-        let (ppid, inherited, workload) =
-            (child.ppid, child.acct.units.clone(), child.acct.workload);
+        let (ppid, inherited, workload) = (child.ppid, child.ext.units.clone(), child.ext.workload);
         for id in &inherited {
             if let Some(unit) = self.units.get_mut(id) {
                 unit.descendants_started += 1;
@@ -217,7 +220,7 @@ impl Attribution {
         if let Some(root) = self.root_of(tree, ppid) {
             let unit = self.new_unit(tree, pid, UnitKind::Child { root });
             if let Some(p) = tree.get_mut(pid) {
-                p.acct.units.push(unit);
+                p.ext.units.push(unit);
             }
         }
         if let Some(watch) = self
@@ -230,9 +233,9 @@ impl Attribution {
         }
     }
 
-    pub fn on_exec(&mut self, tree: &mut Tree, pid: u32) {
+    pub fn on_exec(&mut self, tree: &mut ProcessTree, pid: u32) {
         let Some(p) = tree.get(pid) else { return };
-        let (comm, start, units) = (p.comm, p.start_ns, p.acct.units.clone());
+        let (comm, start, units) = (p.comm, p.start_ns, p.ext.units.clone());
         for id in units {
             if let Some(unit) = self
                 .units
@@ -247,14 +250,14 @@ impl Attribution {
         }
         if let Some(p) = tree.get_mut(pid) {
             // Runtimes move a process into its cgroup between fork and exec.
-            p.acct.cgroup_known = false;
+            p.ext.cgroup_known = false;
         }
     }
 
     /// Books an exited process's final CPU and peak RSS to everything it counted toward.
-    pub fn on_exit(&mut self, p: &Process, cpu_ns: u64, peak_rss_bytes: u64, now_ns: u64) {
-        let live = p.acct.live;
-        for id in &p.acct.units {
+    pub fn on_exit(&mut self, p: &TrackedProcess, cpu_ns: u64, peak_rss_bytes: u64, now_ns: u64) {
+        let live = p.ext.live;
+        for id in &p.ext.units {
             let Some(unit) = self.units.get_mut(id) else {
                 continue;
             };
@@ -267,7 +270,7 @@ impl Attribution {
                 unit.exited_at_ns = Some(now_ns);
             }
         }
-        let stats = self.stats(p.acct.workload);
+        let stats = self.stats(p.ext.workload);
         stats.exited_cpu_ns += cpu_ns;
         stats.live_cpu_ns = stats.live_cpu_ns.saturating_sub(live.cpu_ns);
         stats.live_rss_bytes = stats.live_rss_bytes.saturating_sub(live.rss_bytes);
@@ -278,7 +281,7 @@ impl Attribution {
     /// live sums and drops exited units past their retention.
     pub fn apply_samples(
         &mut self,
-        tree: &mut Tree,
+        tree: &mut ProcessTree,
         samples: &std::collections::HashMap<u32, ProcessSample>,
         now_ns: u64,
     ) {
@@ -289,14 +292,14 @@ impl Attribution {
             else {
                 continue;
             };
-            let prev = p.acct.live;
+            let prev = p.ext.live;
             let elapsed = now_ns.saturating_sub(prev.sampled_at_ns);
             let cpu_ratio = if prev.sampled_at_ns > 0 && elapsed > 0 {
                 s.cpu_ns.saturating_sub(prev.cpu_ns) as f64 / elapsed as f64
             } else {
                 0.0
             };
-            p.acct.live = LiveSample {
+            p.ext.live = LiveSample {
                 cpu_ns: s.cpu_ns,
                 rss_bytes: s.rss_bytes,
                 sampled_at_ns: now_ns,
@@ -314,15 +317,15 @@ impl Attribution {
             stats.processes = 0;
         }
         for p in tree.iter() {
-            let live = p.acct.live;
-            for id in &p.acct.units {
+            let live = p.ext.live;
+            for id in &p.ext.units {
                 if let Some(unit) = self.units.get_mut(id) {
                     unit.live_cpu_ns += live.cpu_ns;
                     unit.live_rss_bytes += live.rss_bytes;
                     unit.cpu_ratio += live.cpu_ratio;
                 }
             }
-            let stats = &mut self.workload_stats[p.acct.workload as usize];
+            let stats = &mut self.workload_stats[p.ext.workload as usize];
             stats.live_cpu_ns += live.cpu_ns;
             stats.live_rss_bytes += live.rss_bytes;
             stats.processes += 1;
@@ -334,9 +337,9 @@ impl Attribution {
     }
 
     /// Processes whose cgroup should be (re)read, at most `limit`.
-    pub fn cgroups_to_read(&self, tree: &Tree, limit: usize) -> Vec<(u32, u64)> {
+    pub fn cgroups_to_read(&self, tree: &ProcessTree, limit: usize) -> Vec<(u32, u64)> {
         tree.iter()
-            .filter(|p| !p.acct.cgroup_known)
+            .filter(|p| !p.ext.cgroup_known)
             .take(limit)
             .map(|p| (p.pid, p.start_ns))
             .collect()
@@ -344,7 +347,7 @@ impl Attribution {
 
     /// Records a process's cgroup: its workload, and `cgroup:` selectors (the topmost
     /// process of a matching cgroup becomes the watched root).
-    pub fn set_cgroup(&mut self, tree: &mut Tree, pid: u32, start_ns: u64, path: &str) {
+    pub fn set_cgroup(&mut self, tree: &mut ProcessTree, pid: u32, start_ns: u64, path: &str) {
         let Some(p) = tree.get(pid).filter(|p| same_start(p.start_ns, start_ns)) else {
             return;
         };
@@ -355,11 +358,11 @@ impl Attribution {
             self.workload_stats
                 .resize(workload as usize + 1, WorkloadStats::default());
         }
-        let parent_cgroup = tree.get(p.ppid).and_then(|pp| pp.acct.cgroup.clone());
+        let parent_cgroup = tree.get(p.ppid).and_then(|pp| pp.ext.cgroup.clone());
         if let Some(p) = tree.get_mut(pid) {
-            p.acct.workload = workload;
-            p.acct.cgroup = Some(path.into());
-            p.acct.cgroup_known = true;
+            p.ext.workload = workload;
+            p.ext.cgroup = Some(path.into());
+            p.ext.cgroup_known = true;
         }
         let watch = self.cfg.selectors.iter().position(|s| {
             s.matches_cgroup(path)
@@ -372,24 +375,24 @@ impl Attribution {
         }
     }
 
-    fn selector_for(&self, p: &Process) -> Option<usize> {
+    fn selector_for(&self, p: &TrackedProcess) -> Option<usize> {
         self.cfg
             .selectors
             .iter()
             .position(|s| s.matches_image(p) || *s == Selector::Pid(p.pid))
     }
 
-    fn make_root(&mut self, tree: &mut Tree, pid: u32, watch: usize) {
+    fn make_root(&mut self, tree: &mut ProcessTree, pid: u32, watch: usize) {
         if self.root_of(tree, pid).is_some() {
             return;
         }
         let root = self.new_unit(tree, pid, UnitKind::Root { watch });
         if let Some(p) = tree.get_mut(pid) {
-            p.acct.units.push(root);
+            p.ext.units.push(root);
         }
     }
 
-    fn new_unit(&mut self, tree: &Tree, pid: u32, kind: UnitKind) -> UnitId {
+    fn new_unit(&mut self, tree: &ProcessTree, pid: u32, kind: UnitKind) -> UnitId {
         let id = self.next_unit;
         self.next_unit += 1;
         let p = tree.get(pid).expect("units are made for tracked processes");
@@ -414,10 +417,10 @@ impl Attribution {
                 exited_at_ns: None,
                 descendants_started: 0,
                 exited_cpu_ns: 0,
-                live_cpu_ns: p.acct.live.cpu_ns,
-                live_rss_bytes: p.acct.live.rss_bytes,
+                live_cpu_ns: p.ext.live.cpu_ns,
+                live_rss_bytes: p.ext.live.rss_bytes,
                 cpu_ratio: 0.0,
-                peak_rss_bytes: p.acct.live.rss_bytes,
+                peak_rss_bytes: p.ext.live.rss_bytes,
                 labelled,
             },
         );
@@ -469,8 +472,8 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
 
-    fn setup(selectors: &[&str]) -> (Tree, Attribution) {
-        let mut tree = Tree::new(1000);
+    fn setup(selectors: &[&str]) -> (ProcessTree, Attribution) {
+        let mut tree = ProcessTree::new(1000);
         tree.on_fork(&fork(1, 0, SEC));
         let attribution = Attribution::new(AttributionConfig {
             selectors: selectors.iter().map(|s| s.parse().unwrap()).collect(),
@@ -481,14 +484,14 @@ mod tests {
         (tree, attribution)
     }
 
-    fn fork_(tree: &mut Tree, a: &mut Attribution, pid: u32, ppid: u32, start: u64) {
+    fn fork_(tree: &mut ProcessTree, a: &mut Attribution, pid: u32, ppid: u32, start: u64) {
         let mut r = fork(pid, ppid, start);
         r.parent_start_ns = tree.get(ppid).map_or(0, |p| p.start_ns);
         tree.on_fork(&r);
         a.on_fork(tree, pid);
     }
 
-    fn exit_(tree: &mut Tree, a: &mut Attribution, pid: u32, start: u64, cpu_ns: u64) {
+    fn exit_(tree: &mut ProcessTree, a: &mut Attribution, pid: u32, start: u64, cpu_ns: u64) {
         let r = exit(pid, 0, start, 0);
         let p = tree.on_exit(&r).unwrap();
         a.on_exit(&p, cpu_ns, 4096, start + SEC);
@@ -605,7 +608,7 @@ mod tests {
         a.seed(&mut tree);
         assert_eq!(child_units(&a).len(), 2);
         let root = a.root_of(&tree, 10).unwrap();
-        assert!(tree.get(12).unwrap().acct.units.contains(&root));
+        assert!(tree.get(12).unwrap().ext.units.contains(&root));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::{fmt, str::FromStr};
 
-use crate::tree::Process;
+use super::TrackedProcess;
 
 /// Which processes are watched: their direct children are attributed individually.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ impl fmt::Display for Selector {
 impl Selector {
     /// Selectors on names and images are checked when a process execs (or is found at
     /// start), not at fork: a forked child still bears its parent's name.
-    pub(super) fn matches_image(&self, p: &Process) -> bool {
+    pub(super) fn matches_image(&self, p: &TrackedProcess) -> bool {
         match self {
             Selector::Comm(c) => p.comm.as_bytes() == c.as_bytes(),
             Selector::Exe(e) => p.exe.as_deref() == Some(e.as_str()),

@@ -4,11 +4,12 @@
 use procmon_common::{ExitRecord, OomKillRecord};
 
 use crate::{
+    attribution::TrackedProcess,
     deaths::{oom, Death},
     events::{self, signal_label, Ancestor, EventKind, ExitStatus, LastSample},
     ingest::{Batch, ExitFields},
     record::cgroup_path,
-    tree::{Comm, Process},
+    tree::Comm,
     workload,
 };
 
@@ -21,7 +22,7 @@ impl Batch<'_> {
         death: Death,
         exit: Option<&ExitFields>,
         ancestry: Option<Vec<Ancestor>>,
-        process: Option<&Process>,
+        process: Option<&TrackedProcess>,
     ) {
         let comm = Comm::from_raw(r.comm).to_lossy();
         let workload = workload::label(death.cgroup.as_deref(), &comm);

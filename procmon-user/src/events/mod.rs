@@ -274,8 +274,8 @@ pub struct LastSample {
 }
 
 impl LastSample {
-    pub fn of(p: Option<&crate::tree::Process>, death_ns: u64) -> Option<Self> {
-        let live = p?.acct.live;
+    pub fn of(p: Option<&crate::attribution::TrackedProcess>, death_ns: u64) -> Option<Self> {
+        let live = p?.ext.live;
         (live.sampled_at_ns > 0).then(|| LastSample {
             rss_bytes: live.rss_bytes,
             cpu_seconds: live.cpu_ns as f64 / 1e9,

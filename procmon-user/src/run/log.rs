@@ -7,9 +7,10 @@ use procmon_common::ExitRecord;
 
 use super::report::{Node, Subtree};
 use crate::{
+    attribution::{ProcessTree, TrackedProcess},
     events::ExitStatus,
     ingest::{peak_rss_bytes, split_cpu},
-    tree::{same_start, Comm, Process, Tree},
+    tree::{same_start, Comm},
 };
 
 #[derive(Debug, Clone)]
@@ -41,7 +42,7 @@ pub struct RunLog {
 
 impl RunLog {
     /// Starts logging the tree rooted at `root_pid` (already forked, not yet exec'd).
-    pub fn new(root_pid: u32, tree: &Tree) -> Self {
+    pub fn new(root_pid: u32, tree: &ProcessTree) -> Self {
         let mut log = Self {
             root_pid,
             entries: Vec::new(),
@@ -53,14 +54,14 @@ impl RunLog {
         log
     }
 
-    pub fn on_fork(&mut self, tree: &Tree, pid: u32) {
+    pub fn on_fork(&mut self, tree: &ProcessTree, pid: u32) {
         let Some(p) = tree.get(pid) else { return };
         if self.live.contains_key(&p.ppid) || (pid == self.root_pid && self.entries.is_empty()) {
             self.add(p);
         }
     }
 
-    pub fn on_exec(&mut self, tree: &Tree, pid: u32) {
+    pub fn on_exec(&mut self, tree: &ProcessTree, pid: u32) {
         let (Some(&i), Some(p)) = (self.live.get(&pid), tree.get(pid)) else {
             return;
         };
@@ -71,7 +72,7 @@ impl RunLog {
         }
     }
 
-    pub fn on_exit(&mut self, _gone: Option<&Process>, r: &ExitRecord, status: ExitStatus) {
+    pub fn on_exit(&mut self, _gone: Option<&TrackedProcess>, r: &ExitRecord, status: ExitStatus) {
         let Some(&i) = self.live.get(&r.pid) else {
             return;
         };
@@ -95,7 +96,7 @@ impl RunLog {
         self.entries.first().is_some_and(|e| e.exit.is_some())
     }
 
-    fn add(&mut self, p: &Process) {
+    fn add(&mut self, p: &TrackedProcess) {
         self.live.insert(p.pid, self.entries.len());
         self.entries.push(Entry {
             pid: p.pid,
@@ -108,7 +109,7 @@ impl RunLog {
     }
 
     /// The report: a tree of every process, with the live ones' latest samples.
-    pub fn report(&self, tree: &Tree, now_ns: u64) -> Option<Node> {
+    pub fn report(&self, tree: &ProcessTree, now_ns: u64) -> Option<Node> {
         let nodes: Vec<Node> = self
             .entries
             .iter()
@@ -150,7 +151,7 @@ impl RunLog {
 }
 
 /// One process of the report, with a live one's latest sample.
-fn node_of(e: &Entry, tree: &Tree, now_ns: u64) -> Node {
+fn node_of(e: &Entry, tree: &ProcessTree, now_ns: u64) -> Node {
     let (end_ns, user, system, peak, status) = match &e.exit {
         Some(x) => (
             x.time_ns,
@@ -164,7 +165,7 @@ fn node_of(e: &Entry, tree: &Tree, now_ns: u64) -> Node {
             let live = tree
                 .get(e.pid)
                 .filter(|p| same_start(p.start_ns, e.start_ns))
-                .map(|p| p.acct.live)
+                .map(|p| p.ext.live)
                 .unwrap_or_default();
             (now_ns, live.cpu_ns, 0, live.rss_bytes, None)
         }
@@ -205,7 +206,7 @@ mod tests {
 
     #[test]
     fn reports_the_whole_tree_with_totals_and_expensive_branches_first() {
-        let mut tree = Tree::new(100);
+        let mut tree = ProcessTree::new(100);
         tree.on_fork(&fork(10, 1, SEC));
         let mut log = RunLog::new(10, &tree);
         let ex = exec(10, 1, SEC, b"make", b"/usr/bin/make");
