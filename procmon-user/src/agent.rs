@@ -10,7 +10,10 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -25,10 +28,11 @@ use crate::{
     events::hub::Hub,
     events::sink,
     events::EventKind,
-    ingest::{Ingest, Shared},
+    ingest::{DecodeErrors, Ingest},
     kernel::{self, sampler::Sampler},
     metrics::{HealthSnapshot, HealthSource, Metrics},
     procfs::{self, PROC},
+    state::Shared,
 };
 
 pub struct PipelineConfig {
@@ -89,10 +93,14 @@ impl Pipeline {
         // A first sample, so live ratios have a baseline one interval from now.
         sample_once(&mut sampler, &shared, None).await;
 
+        let decode_errors = Arc::new(DecodeErrors::default());
+        let sink_lagged = Arc::new(AtomicU64::new(0));
         let source = Arc::new(AgentHealth {
             shared: shared.clone(),
             stats: Mutex::new(stats),
             program_fds,
+            decode_errors: decode_errors.clone(),
+            sink_lagged: sink_lagged.clone(),
         });
         let metrics = Arc::new(Metrics::new(source));
         for feature in kernel::Feature::ALL {
@@ -110,10 +118,10 @@ impl Pipeline {
                 rx,
                 out,
                 cfg.event_kinds.clone(),
-                shared.clone(),
+                sink_lagged,
             ))
         });
-        let ingest = Ingest::new(&metrics, hub.clone());
+        let ingest = Ingest::new(&metrics, hub.clone(), decode_errors);
         let (stop, stop_rx) = watch::channel(false);
         let reader = tokio::spawn(kernel::reader::run(
             events,
@@ -228,11 +236,8 @@ async fn sample_once(sampler: &mut Sampler, shared: &Arc<Shared>, metrics: Optio
     let now = boottime_ns();
     let snapshot = {
         let mut state = shared.lock();
-        let crate::ingest::State {
-            tree, attribution, ..
-        } = &mut *state;
-        attribution.apply_samples(tree, &samples, now);
-        attribution.snapshot(now)
+        state.apply_samples(&samples, now);
+        state.attribution.snapshot(now)
     };
     // Rendered outside the lock: tens of thousands of series take milliseconds.
     if let Some(m) = metrics {
@@ -285,11 +290,8 @@ async fn resolve_cgroups(shared: &Arc<Shared>, limit: usize) {
     .await
     .unwrap_or_default();
     let mut state = shared.lock();
-    let crate::ingest::State {
-        tree, attribution, ..
-    } = &mut *state;
     for (pid, start, path) in found {
-        attribution.set_cgroup(tree, pid, start, &path);
+        state.set_cgroup(pid, start, &path);
     }
 }
 
@@ -329,6 +331,8 @@ struct AgentHealth {
     shared: Arc<Shared>,
     stats: Mutex<PerCpuArray<MapData, u64>>,
     program_fds: Vec<(&'static str, std::os::fd::OwnedFd)>,
+    decode_errors: Arc<DecodeErrors>,
+    sink_lagged: Arc<AtomicU64>,
 }
 
 impl HealthSource for AgentHealth {
@@ -342,12 +346,8 @@ impl HealthSource for AgentHealth {
             tracked_processes: live,
             tree,
             kernel: kernel::read_stats(&self.stats.lock().unwrap_or_else(|e| e.into_inner())),
-            decode_errors: self
-                .shared
-                .decode_errors
-                .each_ref()
-                .map(|n| n.load(Relaxed)),
-            sink_lagged: self.shared.sink_lagged.load(Relaxed),
+            decode_errors: self.decode_errors.each_ref().map(|n| n.load(Relaxed)),
+            sink_lagged: self.sink_lagged.load(Relaxed),
             program_misses: self
                 .program_fds
                 .iter()

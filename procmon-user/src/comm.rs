@@ -4,8 +4,6 @@ use std::fmt;
 
 use procmon_common::COMM_LEN;
 
-use crate::record::c_str;
-
 /// A kernel `comm`: up to 15 bytes, NUL-padded, not necessarily UTF-8.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct Comm([u8; COMM_LEN]);
@@ -36,4 +34,10 @@ impl fmt::Debug for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.to_lossy())
     }
+}
+
+/// The bytes of a kernel C string up to its first NUL.
+pub fn c_str(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
 }

@@ -13,53 +13,19 @@ use procmon_common::{ExecRecord, ExitRecord, ForkRecord};
 use prometheus::{IntCounter, IntCounterVec};
 
 use crate::{
-    attribution::Attribution,
-    attribution::ProcessTree,
     clock::{boottime_ns, rfc3339, WallClock},
-    deaths::{ancestry, Deaths},
+    comm::c_str,
+    deaths::{ancestry, Death, Deaths},
     events::hub::Hub,
     events::{self, EventKind, EventMsg, ExecEvent, ExitEvent, ExitStatus, ForkEvent, Outcome},
     metrics::Metrics,
-    procfs,
-    record::{c_str, decode, DecodeError, Record, RECORD_KINDS},
-    run::RunLog,
+    record::{decode, peak_rss_bytes, split_cpu, DecodeError, Record, RECORD_KINDS},
+    state::{Applied, Shared, State},
     tree::Comm,
 };
 
-/// The tree and what is attributed over it: always changed together, under one lock.
-pub struct State {
-    pub tree: ProcessTree,
-    pub attribution: Attribution,
-    /// `procmon run` keeps every process of the command's tree.
-    pub run_log: Option<RunLog>,
-}
-
-/// What the ingest path shares with scrapes, the sampler and the reconciler.
-pub struct Shared {
-    pub state: Mutex<State>,
-    /// Records the decoder rejected, by [`DecodeError::REASONS`].
-    pub decode_errors: [AtomicU64; DecodeError::REASONS.len()],
-    pub sink_lagged: AtomicU64,
-}
-
-impl Shared {
-    pub fn new(tree: ProcessTree, attribution: Attribution) -> Self {
-        Self {
-            state: Mutex::new(State {
-                tree,
-                attribution,
-                run_log: None,
-            }),
-            decode_errors: Default::default(),
-            sink_lagged: AtomicU64::new(0),
-        }
-    }
-
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic elsewhere must not take the agent's metrics down with it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// Records the decoder rejected, by [`DecodeError::REASONS`]; shared with scrapes.
+pub type DecodeErrors = [AtomicU64; DecodeError::REASONS.len()];
 
 /// Counter handles resolved once, so the per-event path does no label lookups.
 pub(crate) struct Counters {
@@ -83,15 +49,23 @@ pub struct Ingest {
     /// Where events go. The agent closes it after the reader's last drain, which ends every
     /// consumer's stream.
     hub: Arc<Hub>,
+    decode_errors: Arc<DecodeErrors>,
     death_state: Mutex<DeathState>,
     /// Where OOM victims' executables are looked up when the tree does not know them.
     pub(crate) proc_root: PathBuf,
 }
 
+/// What an exit record says about the death, before the state applies it.
+struct ExitClass {
+    status: ExitStatus,
+    death: Death,
+    outcome: Outcome,
+    ancestry: Option<Vec<events::Ancestor>>,
+}
+
 /// One batch: the tree lock and the clock, taken once for all its records.
 pub struct Batch<'a> {
     pub(crate) ingest: &'a Ingest,
-    shared: &'a Shared,
     pub(crate) state: MutexGuard<'a, State>,
     pub(crate) deaths: MutexGuard<'a, DeathState>,
     pub(crate) clock: WallClock,
@@ -101,7 +75,7 @@ pub struct Batch<'a> {
 }
 
 impl Ingest {
-    pub fn new(metrics: &Metrics, hub: Arc<Hub>) -> Self {
+    pub fn new(metrics: &Metrics, hub: Arc<Hub>, decode_errors: Arc<DecodeErrors>) -> Self {
         let kind = |k: &str| metrics.events.with_label_values(&[k]);
         let outcome = |o: Outcome| metrics.exits.with_label_values(&[o.as_str()]);
         Self {
@@ -115,6 +89,7 @@ impl Ingest {
                 crashes: metrics.crashes.clone(),
             },
             hub,
+            decode_errors,
             death_state: Mutex::new(DeathState {
                 deaths: Deaths::default(),
             }),
@@ -125,7 +100,6 @@ impl Ingest {
     pub fn batch<'a>(&'a self, shared: &'a Shared) -> Batch<'a> {
         Batch {
             ingest: self,
-            shared,
             state: shared.lock(),
             deaths: self.death_state.lock().unwrap_or_else(|e| e.into_inner()),
             clock: WallClock::now(),
@@ -143,7 +117,7 @@ impl Batch<'_> {
         let record = match decode(bytes) {
             Ok(r) => r,
             Err(e) => {
-                if self.shared.decode_errors[e.index()].fetch_add(1, Ordering::Relaxed) == 0 {
+                if self.ingest.decode_errors[e.index()].fetch_add(1, Ordering::Relaxed) == 0 {
                     // Once per reason: an ABI mismatch means the agent and its probes were
                     // built apart, and every record will be rejected.
                     eprintln!("procmon: warning: rejected a ring-buffer record: {e}");
@@ -154,79 +128,74 @@ impl Batch<'_> {
         self.oldest_ns.get_or_insert(record.time_ns());
         let c = &self.ingest.counters;
         c.events[record.index()].inc();
-        match record {
-            Record::Fork(r) => {
-                c.starts.inc();
-                let State {
-                    tree,
-                    attribution,
-                    run_log,
-                } = &mut *self.state;
-                tree.on_fork(&r);
-                attribution.on_fork(tree, r.pid);
-                if let Some(log) = run_log {
-                    log.on_fork(tree, r.pid);
+        // What only the tree before the exit knows: the ancestry of a crashing process.
+        let exit = match &record {
+            Record::Exit(r) => {
+                if !self.deaths.deaths.first_exit(r) {
+                    c.duplicate_exits.inc();
+                    return;
                 }
+                Some(self.classify_exit(r))
+            }
+            _ => None,
+        };
+        let applied = self.state.apply(&record);
+        match (record, applied) {
+            (Record::Fork(r), Applied::Fork) => {
+                c.starts.inc();
                 if self.render {
                     self.emit_fork(&r);
                 }
             }
-            Record::Exec(r) => {
+            (Record::Exec(r), Applied::Exec { old_comm }) => {
                 c.execs.inc();
-                let State {
-                    tree,
-                    attribution,
-                    run_log,
-                } = &mut *self.state;
-                let old_comm = tree.on_exec(&r);
-                attribution.on_exec(tree, r.pid);
-                if let Some(log) = run_log {
-                    log.on_exec(tree, r.pid);
-                }
                 if self.render {
                     self.emit_exec(&r, old_comm);
                 }
             }
-            Record::Exit(r) => {
-                if !self.deaths.deaths.first_exit(&r) {
-                    c.duplicate_exits.inc();
-                    return;
-                }
-                let status = ExitStatus::from_raw(r.exit_status);
-                let death = self.deaths.deaths.on_exit(&r);
-                let outcome = status.outcome_given_oom(death.oom_victim);
+            (Record::Exit(r), Applied::Exit { gone }) => {
+                let Some(ExitClass {
+                    status,
+                    death,
+                    outcome,
+                    ancestry,
+                }) = exit
+                else {
+                    unreachable!("every exit record is classified above")
+                };
                 c.exits[Outcome::ALL.iter().position(|&o| o == outcome).unwrap()].inc();
-                let crash = matches!(outcome, Outcome::Crashed | Outcome::OomKilled);
-                // Before the tree forgets the process and reparents its children.
-                let ancestry =
-                    (crash && self.render).then(|| ancestry::ancestry(&self.state.tree, r.ppid));
-                let State {
-                    tree,
-                    attribution,
-                    run_log,
-                } = &mut *self.state;
-                let gone = tree.on_exit(&r);
-                if let Some(p) = &gone {
-                    attribution.on_exit(p, r.runtime_ns, peak_rss_bytes(&r), r.time_ns);
-                }
-                if let Some(log) = run_log {
-                    log.on_exit(gone.as_ref(), &r, status);
-                }
-                let exit = self
+                let fields = self
                     .render
                     .then(|| self.exit_event_fields(&r, status, outcome));
-                if let Some(exit) = &exit {
-                    self.publish(events::render(EventKind::Exit, &exit.event()));
+                if let Some(fields) = &fields {
+                    self.publish(events::render(EventKind::Exit, &fields.event()));
                 }
-                if crash {
-                    self.on_crash(&r, status, death, exit.as_ref(), ancestry, gone.as_ref());
+                if matches!(outcome, Outcome::Crashed | Outcome::OomKilled) {
+                    self.on_crash(&r, status, death, fields.as_ref(), ancestry, gone.as_ref());
                 }
             }
-            Record::OomKill(r) => {
+            (Record::OomKill(r), Applied::Unchanged) => {
                 self.deaths.deaths.on_oom_kill(&r);
                 self.on_oom_kill(&r);
             }
-            Record::Cgroup(r) => self.deaths.deaths.on_cgroup(&r),
+            (Record::Cgroup(r), Applied::Unchanged) => self.deaths.deaths.on_cgroup(&r),
+            (record, applied) => {
+                unreachable!("State::apply answered {record:?} with {applied:?}")
+            }
+        }
+    }
+
+    /// How the process of an exit record died, read before the tree forgets it.
+    fn classify_exit(&mut self, r: &ExitRecord) -> ExitClass {
+        let status = ExitStatus::from_raw(r.exit_status);
+        let death = self.deaths.deaths.on_exit(r);
+        let outcome = status.outcome_given_oom(death.oom_victim);
+        let crash = matches!(outcome, Outcome::Crashed | Outcome::OomKilled);
+        ExitClass {
+            status,
+            death,
+            outcome,
+            ancestry: (crash && self.render).then(|| ancestry::ancestry(&self.state.tree, r.ppid)),
         }
     }
 
@@ -330,32 +299,10 @@ impl ExitFields {
     }
 }
 
-/// What getrusage's ru_maxrss reports at reap: the larger of the high-water mark of images
-/// replaced by exec and that of the final address space (its hiwater counter is only
-/// updated lazily, so the current RSS counts too).
-pub fn peak_rss_bytes(r: &ExitRecord) -> u64 {
-    let current = r.rss_file_pages + r.rss_anon_pages + r.rss_shmem_pages;
-    let pages = r.hiwater_pages.max(current);
-    (r.maxrss_kb * 1024).max(pages * procfs::page_size())
-}
-
-/// Splits the exact scheduler runtime into user and system time in the ratio of the
-/// tick-sampled utime/stime, as the kernel's cputime_adjust() does for getrusage().
-pub fn split_cpu(runtime_ns: u64, utime_ns: u64, stime_ns: u64) -> (u64, u64) {
-    if stime_ns == 0 {
-        return (runtime_ns, 0);
-    }
-    if utime_ns == 0 {
-        return (0, runtime_ns);
-    }
-    let user =
-        (runtime_ns as u128 * utime_ns as u128 / (utime_ns as u128 + stime_ns as u128)) as u64;
-    (user, runtime_ns - user)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::attribution::{Attribution, ProcessTree};
     use crate::{
         metrics::{HealthSnapshot, HealthSource},
         record::{encode, tests as rec},
@@ -384,7 +331,7 @@ pub(crate) mod tests {
         let metrics = Metrics::new(Arc::new(Nothing));
         let hub = Arc::new(Hub::new(64, 0));
         let rx = hub.subscribe(None).unwrap().rx;
-        let mut ingest = Ingest::new(&metrics, hub);
+        let mut ingest = Ingest::new(&metrics, hub, Default::default());
         // Never look at the build machine's /proc.
         ingest.proc_root = PathBuf::from("/nonexistent");
         (
@@ -453,7 +400,7 @@ pub(crate) mod tests {
             (Some(0.0015), Some(0.0005))
         );
         assert!(x["time"].as_str().unwrap().ends_with('Z'));
-        let rejected: u64 = shared
+        let rejected: u64 = ingest
             .decode_errors
             .iter()
             .map(|n| n.load(Ordering::Relaxed))

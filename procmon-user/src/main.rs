@@ -18,6 +18,7 @@ mod metrics;
 mod procfs;
 mod record;
 mod run;
+mod state;
 mod tree;
 mod workload;
 
@@ -91,10 +92,12 @@ async fn agent_main(settings: Settings) -> anyhow::Result<u8> {
         Some(path) => Some(agent::open_events(path).await?),
         None => None,
     };
-    let pipeline = Pipeline::start(settings.pipeline, Some(listener), events_out).await?;
-    eprintln!("procmon: ready, listening on http://{addr}");
+    // Before anything serves: a SIGTERM that arrives once /healthz answers must stop the
+    // agent cleanly, not kill it.
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let pipeline = Pipeline::start(settings.pipeline, Some(listener), events_out).await?;
+    eprintln!("procmon: ready, listening on http://{addr}");
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

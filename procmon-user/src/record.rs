@@ -5,6 +5,7 @@
 
 use std::mem::size_of;
 
+use crate::{comm::c_str, procfs};
 use procmon_common::{
     cgroup_flags, kind, CgroupPath, CgroupRecord, ExecRecord, ExitRecord, ForkRecord,
     OomKillRecord, RecordHeader, ABI_VERSION,
@@ -118,12 +119,6 @@ fn read<T: Copy>(header: RecordHeader, bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
-/// The bytes of a kernel C string up to its first NUL.
-pub fn c_str(bytes: &[u8]) -> &[u8] {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    &bytes[..end]
-}
-
 /// A kernel-read cgroup path as text: `/a/b` (`/` for the root cgroup), `.../b` when only
 /// the innermost components were kept, `None` when it was not read. Names are not
 /// necessarily UTF-8: invalid bytes become U+FFFD.
@@ -144,6 +139,29 @@ pub fn cgroup_path(p: &CgroupPath) -> Option<String> {
         out.push('/');
     }
     Some(out)
+}
+
+/// What getrusage's ru_maxrss reports at reap: the larger of the high-water mark of images
+/// replaced by exec and that of the final address space (its hiwater counter is only
+/// updated lazily, so the current RSS counts too).
+pub fn peak_rss_bytes(r: &ExitRecord) -> u64 {
+    let current = r.rss_file_pages + r.rss_anon_pages + r.rss_shmem_pages;
+    let pages = r.hiwater_pages.max(current);
+    (r.maxrss_kb * 1024).max(pages * procfs::page_size())
+}
+
+/// Splits the exact scheduler runtime into user and system time in the ratio of the
+/// tick-sampled utime/stime, as the kernel's cputime_adjust() does for getrusage().
+pub fn split_cpu(runtime_ns: u64, utime_ns: u64, stime_ns: u64) -> (u64, u64) {
+    if stime_ns == 0 {
+        return (runtime_ns, 0);
+    }
+    if utime_ns == 0 {
+        return (0, runtime_ns);
+    }
+    let user =
+        (runtime_ns as u128 * utime_ns as u128 / (utime_ns as u128 + stime_ns as u128)) as u64;
+    (user, runtime_ns - user)
 }
 
 /// Test support: the exact bytes the probes write for a record.

@@ -14,8 +14,8 @@ use procmon_common::{fork_flags, ExecRecord, ExitRecord, ForkRecord};
 
 pub use crate::comm::Comm;
 use crate::{
+    comm::c_str,
     procfs::{tick_ns, ProcSnapshot},
-    record::c_str,
 };
 
 /// What a layer above the tree keeps per process (attribution keeps where its CPU and

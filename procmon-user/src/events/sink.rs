@@ -1,24 +1,24 @@
 //! `--events FILE|-`: JSON lines. The writer never slows the reader: it consumes a bounded
 //! broadcast channel, and what it falls behind on is counted as lost, not waited for.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt, BufWriter},
     sync::broadcast::{error::RecvError, error::TryRecvError, Receiver},
 };
 
-use crate::{
-    events::{EventKind, EventMsg},
-    ingest::Shared,
-};
+use crate::events::{EventKind, EventMsg};
 
 /// Writes events of `kinds` until the stream ends (the reader stopped), then flushes.
 pub async fn write_json_lines(
     mut rx: Receiver<EventMsg>,
     out: impl AsyncWrite + Unpin,
     kinds: Vec<EventKind>,
-    shared: Arc<Shared>,
+    lagged: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     loop {
@@ -31,14 +31,14 @@ pub async fn write_json_lines(
                     Ok(msg) => msg,
                     Err(RecvError::Closed) => break,
                     Err(RecvError::Lagged(n)) => {
-                        shared.sink_lagged.fetch_add(n, Ordering::Relaxed);
+                        lagged.fetch_add(n, Ordering::Relaxed);
                         continue;
                     }
                 }
             }
             Err(TryRecvError::Closed) => break,
             Err(TryRecvError::Lagged(n)) => {
-                shared.sink_lagged.fetch_add(n, Ordering::Relaxed);
+                lagged.fetch_add(n, Ordering::Relaxed);
                 continue;
             }
         };

@@ -11,7 +11,7 @@ use tokio::{
     sync::watch,
 };
 
-use crate::ingest::{Ingest, Shared};
+use crate::{ingest::Ingest, state::Shared};
 
 /// Upper bound on records per batch: the tree lock is held for a batch, and scrapes wait
 /// on it.

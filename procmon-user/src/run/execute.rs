@@ -6,8 +6,10 @@ use std::os::unix::process::ExitStatusExt;
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
+use std::sync::{Arc, Mutex};
+
 use super::{
-    log::RunLog,
+    log::{RunLog, SharedRunLog},
     report::{render_text, RunReport},
 };
 
@@ -37,16 +39,14 @@ pub async fn execute(
     let mut cmd = std::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
     let started = std::time::Instant::now();
+    let mut run_log = None;
     let spawned = {
         let mut state = pipeline.shared.lock();
         cmd.spawn().inspect(|child| {
-            let crate::ingest::State {
-                tree,
-                attribution,
-                run_log,
-            } = &mut *state;
-            attribution.watch_pid(tree, child.id());
-            *run_log = Some(RunLog::new(child.id(), tree));
+            state.watch_pid(child.id());
+            let log = SharedRunLog(Arc::new(Mutex::new(RunLog::new(child.id(), &state.tree))));
+            state.observe(Box::new(log.clone()));
+            run_log = Some(log);
         })
     };
     let mut child = match spawned {
@@ -79,13 +79,7 @@ pub async fn execute(
     let duration = started.elapsed();
     // Its exit record is sent at its final context switch and read within a drain interval.
     for _ in 0..300 {
-        if pipeline
-            .shared
-            .lock()
-            .run_log
-            .as_ref()
-            .is_some_and(RunLog::root_exited)
-        {
+        if run_log.as_ref().is_some_and(|l| l.lock().root_exited()) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -94,10 +88,9 @@ pub async fn execute(
     pipeline.stop().await?;
     let root = {
         let state = shared.lock();
-        state
-            .run_log
+        run_log
             .as_ref()
-            .and_then(|log| log.report(&state.tree, crate::clock::boottime_ns()))
+            .and_then(|log| log.lock().report(&state.tree, crate::clock::boottime_ns()))
     };
     let (exit_code, signal) = (status.code(), status.signal());
     let code = exit_code.unwrap_or_else(|| 128 + signal.unwrap_or(0));

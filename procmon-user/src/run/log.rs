@@ -1,7 +1,10 @@
 //! The run log: every process of one command's tree, exited ones included, fed by the
 //! ingest path, and turned into the report's tree at the end.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use procmon_common::ExitRecord;
 
@@ -9,7 +12,8 @@ use super::report::{Node, Subtree};
 use crate::{
     attribution::{ProcessTree, TrackedProcess},
     events::ExitStatus,
-    ingest::{peak_rss_bytes, split_cpu},
+    record::{peak_rss_bytes, split_cpu},
+    state::Observer,
     tree::{same_start, Comm},
 };
 
@@ -72,7 +76,8 @@ impl RunLog {
         }
     }
 
-    pub fn on_exit(&mut self, _gone: Option<&TrackedProcess>, r: &ExitRecord, status: ExitStatus) {
+    pub fn on_exit(&mut self, _gone: Option<&TrackedProcess>, r: &ExitRecord) {
+        let status = ExitStatus::from_raw(r.exit_status);
         let Some(&i) = self.live.get(&r.pid) else {
             return;
         };
@@ -147,6 +152,30 @@ impl RunLog {
             }
         }
         nodes.into_iter().next().flatten()
+    }
+}
+
+/// The run log as the state's observer, shared with `execute`, which reads it at the end.
+#[derive(Clone)]
+pub struct SharedRunLog(pub Arc<Mutex<RunLog>>);
+
+impl SharedRunLog {
+    pub fn lock(&self) -> MutexGuard<'_, RunLog> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Observer for SharedRunLog {
+    fn on_fork(&mut self, tree: &ProcessTree, pid: u32) {
+        self.lock().on_fork(tree, pid);
+    }
+
+    fn on_exec(&mut self, tree: &ProcessTree, pid: u32) {
+        self.lock().on_exec(tree, pid);
+    }
+
+    fn on_exit(&mut self, gone: Option<&TrackedProcess>, r: &ExitRecord) {
+        self.lock().on_exit(gone, r);
     }
 }
 
@@ -231,7 +260,7 @@ mod tests {
             r.stime_ns = 0;
             r.comm = comm(if pid == 10 { b"make" } else { b"cc" });
             let gone = tree.on_exit(&r);
-            log.on_exit(gone.as_ref(), &r, ExitStatus::from_raw(status));
+            log.on_exit(gone.as_ref(), &r);
         }
         assert!(log.root_exited());
         let root = log.report(&tree, 10 * SEC).unwrap();

@@ -7,4 +7,3 @@ pub mod log;
 pub mod report;
 
 pub use execute::execute;
-pub use log::RunLog;

@@ -1,0 +1,143 @@
+//! The agent's state: the process tree and what is attributed over it, changed together,
+//! one record at a time, by [`State::apply`], under one lock ([`Shared`]).
+//!
+//! Commands that follow the tree (`procmon run`'s log) register an [`Observer`]; the state
+//! calls it after each change and never knows what it is.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+};
+
+use procmon_common::{ExecRecord, ExitRecord, ForkRecord};
+
+use crate::{
+    attribution::{Attribution, ProcessSample, ProcessTree, TrackedProcess},
+    record::{peak_rss_bytes, Record},
+    tree::Comm,
+};
+
+/// Follows the tree's changes: told after each record is applied.
+pub trait Observer: Send {
+    fn on_fork(&mut self, tree: &ProcessTree, pid: u32);
+    fn on_exec(&mut self, tree: &ProcessTree, pid: u32);
+    /// `gone` is the process as the tree knew it, if it did.
+    fn on_exit(&mut self, gone: Option<&TrackedProcess>, r: &ExitRecord);
+}
+
+/// What applying a record changed, for the ingest path to count and render.
+#[derive(Debug)]
+pub enum Applied {
+    Fork,
+    /// The name the process had before the exec, when it was known.
+    Exec {
+        old_comm: Option<Comm>,
+    },
+    /// The process the exit removed, if the tree knew it.
+    Exit {
+        gone: Option<TrackedProcess>,
+    },
+    /// A record that does not change the tree (OOM kills, cgroups of dying processes).
+    Unchanged,
+}
+
+pub struct State {
+    pub tree: ProcessTree,
+    pub attribution: Attribution,
+    observer: Option<Box<dyn Observer>>,
+}
+
+impl State {
+    pub fn new(tree: ProcessTree, attribution: Attribution) -> Self {
+        State {
+            tree,
+            attribution,
+            observer: None,
+        }
+    }
+
+    /// Registers the observer (one at a time: `procmon run` is the only one).
+    pub fn observe(&mut self, observer: Box<dyn Observer>) {
+        self.observer = Some(observer);
+    }
+
+    pub fn apply(&mut self, record: &Record) -> Applied {
+        match record {
+            Record::Fork(r) => {
+                self.apply_fork(r);
+                Applied::Fork
+            }
+            Record::Exec(r) => Applied::Exec {
+                old_comm: self.apply_exec(r),
+            },
+            Record::Exit(r) => Applied::Exit {
+                gone: self.apply_exit(r),
+            },
+            Record::OomKill(_) | Record::Cgroup(_) => Applied::Unchanged,
+        }
+    }
+
+    fn apply_fork(&mut self, r: &ForkRecord) {
+        self.tree.on_fork(r);
+        self.attribution.on_fork(&mut self.tree, r.pid);
+        if let Some(o) = &mut self.observer {
+            o.on_fork(&self.tree, r.pid);
+        }
+    }
+
+    fn apply_exec(&mut self, r: &ExecRecord) -> Option<Comm> {
+        let old_comm = self.tree.on_exec(r);
+        self.attribution.on_exec(&mut self.tree, r.pid);
+        if let Some(o) = &mut self.observer {
+            o.on_exec(&self.tree, r.pid);
+        }
+        old_comm
+    }
+
+    fn apply_exit(&mut self, r: &ExitRecord) -> Option<TrackedProcess> {
+        let gone = self.tree.on_exit(r);
+        if let Some(p) = &gone {
+            self.attribution
+                .on_exit(p, r.runtime_ns, peak_rss_bytes(r), r.time_ns);
+        }
+        if let Some(o) = &mut self.observer {
+            o.on_exit(gone.as_ref(), r);
+        }
+        gone
+    }
+
+    /// Watches `pid` (already forked): its children are attributed individually.
+    pub fn watch_pid(&mut self, pid: u32) {
+        self.attribution.watch_pid(&mut self.tree, pid);
+    }
+
+    /// A sampling pass's figures for the live processes.
+    pub fn apply_samples(&mut self, samples: &HashMap<u32, ProcessSample>, now_ns: u64) {
+        self.attribution
+            .apply_samples(&mut self.tree, samples, now_ns);
+    }
+
+    /// The memory cgroup read from /proc for a process.
+    pub fn set_cgroup(&mut self, pid: u32, start_ns: u64, path: &str) {
+        self.attribution
+            .set_cgroup(&mut self.tree, pid, start_ns, path);
+    }
+}
+
+/// The state as the reader, the sampler, the reconciler and scrapes share it.
+pub struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    pub fn new(tree: ProcessTree, attribution: Attribution) -> Self {
+        Shared {
+            state: Mutex::new(State::new(tree, attribution)),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not take the agent's metrics down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
