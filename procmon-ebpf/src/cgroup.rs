@@ -105,31 +105,38 @@ pub fn css_kn(css: Kptr, o: &KernelOffsets) -> Kptr {
 ///
 /// # Safety
 /// `out` points to writable memory (a reserved ring-buffer record): the 1 KiB path does not
-/// fit on the BPF stack next to everything else.
+/// fit on the BPF stack next to everything else. Its contents need not be initialized: only
+/// fields written here are read.
 #[inline(always)]
 pub unsafe fn read_path(kn: Kptr, out: *mut CgroupPath, o: &KernelOffsets) {
-    (*out).depth = 0;
-    (*out).flags = 0;
-    if kn.0.is_null() {
-        return;
-    }
-    (*out).flags = cgroup_flags::KNOWN;
-    let mut node = kn;
-    for_each_level!(i => {
-        let parent = node.ptr(o.kernfs_parent);
-        if parent.0.is_null() {
-            // The hierarchy root: its name is empty and not part of the path.
+    // SAFETY: `out` is valid for writes (the caller's contract). Below are plain writes of
+    // integer fields, `flags |=` after `flags` is written, and string reads into `names[i]`
+    // (i < CGROUP_DEPTH) that bpf_probe_read_kernel_str_bytes bounds by the slice and makes
+    // safe for any source address.
+    unsafe {
+        (*out).depth = 0;
+        (*out).flags = 0;
+        if kn.0.is_null() {
             return;
         }
-        let name = node.ptr(o.kernfs_name);
-        if bpf_probe_read_kernel_str_bytes(name.0, &mut (*out).names[i]).is_err() {
-            (*out).names[i][0] = 0;
-            count(stat::READ_ERROR);
+        (*out).flags = cgroup_flags::KNOWN;
+        let mut node = kn;
+        for_each_level!(i => {
+            let parent = node.ptr(o.kernfs_parent);
+            if parent.0.is_null() {
+                // The hierarchy root: its name is empty and not part of the path.
+                return;
+            }
+            let name = node.ptr(o.kernfs_name);
+            if bpf_probe_read_kernel_str_bytes(name.0, &mut (*out).names[i]).is_err() {
+                (*out).names[i][0] = 0;
+                count(stat::READ_ERROR);
+            }
+            (*out).depth = i as u32 + 1;
+            node = parent;
+        });
+        if !node.ptr(o.kernfs_parent).0.is_null() {
+            (*out).flags |= cgroup_flags::TRUNCATED;
         }
-        (*out).depth = i as u32 + 1;
-        node = parent;
-    });
-    if !node.ptr(o.kernfs_parent).0.is_null() {
-        (*out).flags |= cgroup_flags::TRUNCATED;
     }
 }

@@ -7,6 +7,13 @@
 //! `OFFSETS` load-time global.
 #![no_std]
 #![no_main]
+// NB: aya's map methods take `impl Borrow<K>`. Keys and values are passed as references on
+// purpose: by value is another monomorphization, and LLVM lays it out differently (passing
+// the exit record by value took `sched_process_exit` over the 512-byte BPF stack).
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "pins the map calls' codegen and stack use"
+)]
 
 mod cgroup;
 mod probes;
@@ -50,6 +57,7 @@ static OOM_CONTEXT: HashMap<u32, u64> = HashMap::with_max_entries(64, 0);
 
 /// Filled in by the agent from /sys/kernel/btf/vmlinux before load.
 #[unsafe(no_mangle)]
+// SAFETY: `KernelOffsets` is `repr(C)` with integer fields only: all zeroes is a valid value.
 static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 
 #[unsafe(no_mangle)]
@@ -61,12 +69,17 @@ static CONFIG: ProbeConfig = ProbeConfig {
 /// folding in the zeroes compiled above, and the verifier then sees the real constants.
 #[inline(always)]
 fn offsets() -> KernelOffsets {
+    // SAFETY: a reference to a static is valid and aligned, and nothing writes the global
+    // once the program is loaded (its map is frozen).
     unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
 #[inline(always)]
 fn count(index: u32) {
     if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: the lookup succeeded, so `slot` is this CPU's value of a live entry of an
+        // array map (never removed), aligned for u64. Only programs on this CPU touch it; one
+        // preempting another (PREEMPT_LAZY kernels) can lose an increment, never corrupt it.
         unsafe { *slot += 1 };
     }
 }
@@ -75,6 +88,7 @@ fn count(index: u32) {
 /// a fork storm does not cost one wakeup per event.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
+    // SAFETY: as in `offsets`: a static, read-only once loaded, read volatile.
     let wakeup_bytes = unsafe { core::ptr::read_volatile(&CONFIG) }.wakeup_bytes;
     if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
         BPF_RB_FORCE_WAKEUP as u64

@@ -11,9 +11,13 @@ pub struct Kptr(pub *const u8);
 
 impl Kptr {
     /// Reads a `T` at `offset`; a failed read is counted and yields zero, so one bad field
-    /// never costs the whole record.
+    /// never costs the whole record. `T` must be valid for any bytes (an integer or an array
+    /// of them).
     #[inline(always)]
     pub fn read<T: Copy + Default>(self, offset: u32) -> T {
+        // SAFETY: bpf_probe_read_kernel takes any address: a bad one is a failed read (an
+        // error), never a fault. Every `T` read through here is an integer or an array of
+        // them, valid for whatever bytes the kernel held.
         match unsafe { bpf_probe_read_kernel(self.0.wrapping_add(offset as usize) as *const T) } {
             Ok(v) => v,
             Err(_) => {

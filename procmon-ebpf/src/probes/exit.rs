@@ -24,12 +24,19 @@ use crate::{
 /// needed): it is told exactly whether this thread took `signal->live` to zero.
 #[fentry(function = "taskstats_exit")]
 pub fn taskstats_exit(ctx: FEntryContext) -> i32 {
+    match try_taskstats_exit(&ctx) {
+        Ok(()) => 0,
+        // Full map: the exit falls back to reading signal->live.
+        Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_taskstats_exit(ctx: &FEntryContext) -> Result<(), ()> {
     let o = offsets();
     let tid: u32 = Kptr(ctx.arg(0)).read(o.task_pid);
     let group_dead = (ctx.arg::<u64>(1) as u32 != 0) as u8;
-    // Full map: the exit falls back to reading signal->live.
-    let _ = GROUP_DEAD.insert(&tid, &group_dead, 0);
-    0
+    GROUP_DEAD.insert(&tid, &group_dead, 0).map_err(|_| ())
 }
 
 /// Whether the exiting `task` is the last thread of its group.
@@ -56,16 +63,27 @@ fn is_group_dead(ctx: &BtfTracePointContext, task: Kptr, o: &KernelOffsets) -> b
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    match try_sched_process_exit(&ctx) {
+        Ok(()) => 0,
+        Err(stat) => {
+            count(stat);
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let o = offsets();
     let task = Kptr(ctx.arg(0));
     let tid: u32 = task.read(o.task_pid);
-    if !is_group_dead(&ctx, task, &o) {
+    if !is_group_dead(ctx, task, &o) {
         count(stat::THREAD_EXITS);
         // Tells the final switch this thread's exit was traced (probes/switch.rs). Full map:
         // that switch will take it for a skipped process exit, which the agent drops as a
         // duplicate if the process's own exit does arrive.
         let _ = THREAD_EXITS.insert(&tid, &0, 0);
-        return 0;
+        return Ok(());
     }
     let mut record = new_record(task, &o);
     let mm = task.ptr(o.task_mm);
@@ -84,7 +102,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         // Sent: nothing for the final switch to recover.
         let _ = THREAD_EXITS.insert(&tid, &0, 0);
     }
-    0
+    Ok(())
 }
 
 /// An exit record of `task`'s process without CPU or mm figures, which depend on when it
@@ -140,7 +158,8 @@ fn send_cgroup(exit: &ExitRecord, task: Kptr, o: &KernelOffsets) {
         return;
     };
     let r = entry.as_mut_ptr();
-    // SAFETY: `r` is the reserved record, written in place (it is too big for the stack).
+    // SAFETY: `r` is the reserved record, valid for writes until it is submitted and written
+    // in place (it is too big for the stack); `read_path`'s contract holds for `path` in it.
     unsafe {
         (*r).header = RecordHeader::new(kind::CGROUP, core::mem::size_of::<CgroupRecord>());
         (*r).time_ns = exit.time_ns;

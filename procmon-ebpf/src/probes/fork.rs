@@ -13,18 +13,28 @@ use crate::{
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    match try_sched_process_fork(&ctx) {
+        Ok(()) => 0,
+        Err(stat) => {
+            count(stat);
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let o = offsets();
     let child = Kptr(ctx.arg(1));
     let pid: u32 = child.read(o.task_pid);
     let tgid: u32 = child.read(o.task_tgid);
     if pid != tgid {
         // A new thread, not a new process: the tree tracks thread groups.
-        return 0;
+        return Ok(());
     }
-    let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
-        count(stat::RINGBUF_FULL_FORK);
-        return 0;
-    };
+    let mut entry = EVENTS
+        .reserve::<ForkRecord>(0)
+        .ok_or(stat::RINGBUF_FULL_FORK)?;
     let (ppid, parent_start_ns) = parent_identity(child, &o);
     let parent_signal = child.ptr(o.task_real_parent).ptr(o.task_signal);
     let bit = o.signal_subreaper_bit;
@@ -36,6 +46,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     };
     entry.write(ForkRecord {
         header: RecordHeader::new(kind::FORK, core::mem::size_of::<ForkRecord>()),
+        // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
         time_ns: unsafe { bpf_ktime_get_boot_ns() },
         start_ns: child.read(o.task_start_boottime),
         parent_start_ns,
@@ -46,5 +57,5 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         comm: child.comm(&o),
     });
     entry.submit(wakeup_flags());
-    0
+    Ok(())
 }

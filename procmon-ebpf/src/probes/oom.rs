@@ -28,17 +28,34 @@ use crate::{
 
 #[fentry(function = "out_of_memory")]
 pub fn oom_enter(ctx: FEntryContext) -> i32 {
+    match try_oom_enter(&ctx) {
+        Ok(()) => 0,
+        // Full map: `mark_victim` then infers the memory cgroup, as where fentry is
+        // unavailable.
+        Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_oom_enter(ctx: &FEntryContext) -> Result<(), ()> {
     let oc: u64 = ctx.arg(0);
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = OOM_CONTEXT.insert(&tid, &oc, 0);
-    0
+    OOM_CONTEXT.insert(&tid, &oc, 0).map_err(|_| ())
 }
 
 #[fexit(function = "out_of_memory")]
-pub fn oom_exit(_ctx: FExitContext) -> i32 {
+pub fn oom_exit(ctx: FExitContext) -> i32 {
+    match try_oom_exit(&ctx) {
+        Ok(()) => 0,
+        // No entry: `oom_enter` could not store one, or was attached after this call began.
+        Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_oom_exit(_ctx: &FExitContext) -> Result<(), ()> {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = OOM_CONTEXT.remove(&tid);
-    0
+    OOM_CONTEXT.remove(&tid).map_err(|_| ())
 }
 
 #[btf_tracepoint(function = "mark_victim")]
@@ -52,6 +69,7 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
     }
 }
 
+#[inline(always)]
 fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let o = offsets();
     let mut entry = EVENTS
@@ -148,29 +166,33 @@ fn victim(ctx: &BtfTracePointContext, oc: Option<Kptr>, o: &KernelOffsets) -> (V
 /// `r` points to a writable record.
 #[inline(always)]
 unsafe fn fill_victim(r: *mut OomKillRecord, task: Kptr, uid: u32, o: &KernelOffsets) {
-    (*r).uid = uid;
-    let leader = task.ptr(o.task_group_leader);
-    (*r).pid = task.read(o.task_tgid);
-    (*r).tid = task.read(o.task_pid);
-    (*r).start_ns = leader.read(o.task_start_boottime);
-    let (ppid, parent_start_ns) = parent_identity(leader, o);
-    (*r).ppid = ppid;
-    (*r).parent_start_ns = parent_start_ns;
-    (*r).comm = task.comm(o);
-    (*r).oom_score_adj = task.ptr(o.task_signal).read::<i16>(o.signal_oom_score_adj) as i32;
-    // The victim's task lock is held here, so its mm is stable.
-    let mm = task.ptr(o.task_mm);
-    (*r).rss_anon_pages = mm_counter(mm, MM_ANONPAGES, o);
-    (*r).rss_file_pages = mm_counter(mm, MM_FILEPAGES, o);
-    (*r).rss_shmem_pages = mm_counter(mm, MM_SHMEMPAGES, o);
-    if mm.0.is_null() {
-        (*r).total_vm_pages = 0;
-        (*r).pgtables_bytes = 0;
-    } else {
-        (*r).total_vm_pages = mm.read(o.mm_total_vm);
-        (*r).pgtables_bytes = mm.read::<i64>(o.mm_pgtables_bytes).max(0) as u64;
+    // SAFETY: `r` is valid for writes (the caller's contract): plain writes of integer
+    // fields, and `read_path`'s own contract holds for `cgroup` inside it.
+    unsafe {
+        (*r).uid = uid;
+        let leader = task.ptr(o.task_group_leader);
+        (*r).pid = task.read(o.task_tgid);
+        (*r).tid = task.read(o.task_pid);
+        (*r).start_ns = leader.read(o.task_start_boottime);
+        let (ppid, parent_start_ns) = parent_identity(leader, o);
+        (*r).ppid = ppid;
+        (*r).parent_start_ns = parent_start_ns;
+        (*r).comm = task.comm(o);
+        (*r).oom_score_adj = task.ptr(o.task_signal).read::<i16>(o.signal_oom_score_adj) as i32;
+        // The victim's task lock is held here, so its mm is stable.
+        let mm = task.ptr(o.task_mm);
+        (*r).rss_anon_pages = mm_counter(mm, MM_ANONPAGES, o);
+        (*r).rss_file_pages = mm_counter(mm, MM_FILEPAGES, o);
+        (*r).rss_shmem_pages = mm_counter(mm, MM_SHMEMPAGES, o);
+        if mm.0.is_null() {
+            (*r).total_vm_pages = 0;
+            (*r).pgtables_bytes = 0;
+        } else {
+            (*r).total_vm_pages = mm.read(o.mm_total_vm);
+            (*r).pgtables_bytes = mm.read::<i64>(o.mm_pgtables_bytes).max(0) as u64;
+        }
+        cgroup::read_path(cgroup::task_memcg_kn(task, o), &mut (*r).cgroup, o);
     }
-    cgroup::read_path(cgroup::task_memcg_kn(task, o), &mut (*r).cgroup, o);
 }
 
 /// Victim fields a pid-only record cannot fill.
@@ -179,17 +201,21 @@ unsafe fn fill_victim(r: *mut OomKillRecord, task: Kptr, uid: u32, o: &KernelOff
 /// `r` points to a writable record.
 #[inline(always)]
 unsafe fn zero_victim(r: *mut OomKillRecord) {
-    (*r).start_ns = 0;
-    (*r).parent_start_ns = 0;
-    (*r).ppid = 0;
-    (*r).uid = 0;
-    (*r).oom_score_adj = 0;
-    (*r).comm = [0; procmon_common::COMM_LEN];
-    (*r).total_vm_pages = 0;
-    (*r).rss_anon_pages = 0;
-    (*r).rss_file_pages = 0;
-    (*r).rss_shmem_pages = 0;
-    (*r).pgtables_bytes = 0;
-    (*r).cgroup.depth = 0;
-    (*r).cgroup.flags = 0;
+    // SAFETY: `r` is valid for writes (the caller's contract); plain writes of integer
+    // fields.
+    unsafe {
+        (*r).start_ns = 0;
+        (*r).parent_start_ns = 0;
+        (*r).ppid = 0;
+        (*r).uid = 0;
+        (*r).oom_score_adj = 0;
+        (*r).comm = [0; procmon_common::COMM_LEN];
+        (*r).total_vm_pages = 0;
+        (*r).rss_anon_pages = 0;
+        (*r).rss_file_pages = 0;
+        (*r).rss_shmem_pages = 0;
+        (*r).pgtables_bytes = 0;
+        (*r).cgroup.depth = 0;
+        (*r).cgroup.flags = 0;
+    }
 }

@@ -26,10 +26,21 @@ struct IterTask {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
 pub fn sample_tasks(ctx: *mut core::ffi::c_void) -> i32 {
+    match try_sample_tasks(ctx) {
+        Ok(()) => 0,
+        // bpf_seq_write failed: the seq buffer is full, which bpf_iter handles itself.
+        Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_sample_tasks(ctx: *mut core::ffi::c_void) -> Result<(), ()> {
+    // SAFETY: an iter/task program is passed a `struct bpf_iter__task *`, valid for the whole
+    // call, which `IterTask` mirrors.
     let ctx = unsafe { &*(ctx as *const IterTask) };
     let task = ctx.task;
     if task.is_null() {
-        return 0;
+        return Ok(());
     }
     let o = offsets();
     let task = Kptr(task);
@@ -56,13 +67,18 @@ pub fn sample_tasks(ctx: *mut core::ffi::c_void) -> i32 {
             + mm_counter(mm, MM_ANONPAGES, &o)
             + mm_counter(mm, MM_SHMEMPAGES, &o);
     }
-    unsafe {
+    // SAFETY: `meta` is the kernel's, valid for the call like `ctx`; bpf_seq_write copies
+    // `size_of::<TaskSample>()` bytes from `sample`, which lives on this stack.
+    let written = unsafe {
         let seq = (*ctx.meta).seq;
         bpf_seq_write(
             seq,
             (&sample as *const TaskSample).cast(),
             core::mem::size_of::<TaskSample>() as u32,
-        );
+        )
+    };
+    if written < 0 {
+        return Err(());
     }
-    0
+    Ok(())
 }

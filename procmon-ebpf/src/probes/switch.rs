@@ -28,10 +28,19 @@ const EXIT_DEAD: u32 = 0x10;
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    match try_sched_switch(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+/// Nothing here is an error to count: a full ring buffer and a recovered exit are counted
+/// where they happen.
+#[inline(always)]
+fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let o = offsets();
     let prev = Kptr(ctx.arg(1));
     if prev.read::<u32>(o.task_state) & TASK_DEAD == 0 {
-        return 0;
+        return Ok(());
     }
     let tid: u32 = prev.read(o.task_pid);
     if let Some(pending) = PENDING_EXITS.get_ptr_mut(&tid) {
@@ -40,14 +49,14 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         add_own_cpu(record, prev, &o);
         send(record);
         let _ = PENDING_EXITS.remove(&tid);
-        return 0;
+        return Ok(());
     }
     if THREAD_EXITS.remove(&tid).is_ok() {
         // A thread exit, traced.
-        return 0;
+        return Ok(());
     }
     recover_exit(prev, &o);
-    0
+    Ok(())
 }
 
 /// The exit tracepoint's run for `task` was skipped (or its record went out undeferred).
