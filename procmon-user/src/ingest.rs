@@ -9,19 +9,24 @@ use std::{
     },
 };
 
-use procmon_common::{ExecRecord, ExitRecord, ForkRecord};
+use procmon_common::{ExecRecord, ExitRecord, ForkRecord, OomKillRecord};
 use prometheus::{IntCounter, IntCounterVec};
 
 use crate::{
+    attribution::TrackedProcess,
     clock::{boottime_ns, rfc3339, WallClock},
     comm::c_str,
-    deaths::{ancestry, Death, Deaths},
+    deaths::{ancestry, crash, oom, Death, Deaths},
     events::hub::Hub,
-    events::{self, EventKind, EventMsg, ExecEvent, ExitEvent, ExitStatus, ForkEvent, Outcome},
+    events::{
+        self, signal_label, Ancestor, EventKind, EventMsg, ExecEvent, ExitFields, ExitStatus,
+        ForkEvent, Outcome,
+    },
     metrics::Metrics,
-    record::{decode, peak_rss_bytes, split_cpu, DecodeError, Record, RECORD_KINDS},
+    record::{cgroup_path, decode, peak_rss_bytes, split_cpu, DecodeError, Record, RECORD_KINDS},
     state::{Applied, Shared, State},
     tree::Comm,
+    workload,
 };
 
 /// Records the decoder rejected, by [`DecodeError::REASONS`]; shared with scrapes.
@@ -265,37 +270,64 @@ impl Batch<'_> {
     }
 }
 
-/// The owned parts of an exit event, shared by the `exit` and `crash` events of a death.
-pub(crate) struct ExitFields {
-    time: String,
-    comm: String,
-    pid: u32,
-    ppid: u32,
-    status: ExitStatus,
-    outcome: Outcome,
-    cpu_user_seconds: f64,
-    cpu_system_seconds: f64,
-    peak_rss_bytes: u64,
-    lifetime_seconds: f64,
-}
-
-impl ExitFields {
-    pub(crate) fn event(&self) -> ExitEvent<'_> {
-        ExitEvent {
-            kind: EventKind::Exit,
-            time: &self.time,
-            pid: self.pid,
-            ppid: self.ppid,
-            comm: &self.comm,
-            exit_code: self.status.code,
-            signal: self.status.signal,
-            core_dumped: self.status.core_dumped,
-            outcome: self.outcome,
-            cpu_user_seconds: self.cpu_user_seconds,
-            cpu_system_seconds: self.cpu_system_seconds,
-            peak_rss_bytes: self.peak_rss_bytes,
-            lifetime_seconds: self.lifetime_seconds,
+/// Deaths that matter: crashes and OOM kills are counted per workload (within the label
+/// cap) and reported as `crash` and `oom_kill` events, on top of the ordinary `exit` event.
+impl Batch<'_> {
+    /// Counts a crash or OOM death by workload and emits its `crash` event.
+    pub(crate) fn on_crash(
+        &mut self,
+        r: &ExitRecord,
+        status: ExitStatus,
+        death: Death,
+        exit: Option<&ExitFields>,
+        ancestry: Option<Vec<Ancestor>>,
+        process: Option<&TrackedProcess>,
+    ) {
+        let comm = Comm::from_raw(r.comm).to_lossy();
+        let workload = workload::label(death.cgroup.as_deref(), &comm);
+        let label = self.admit_workload(workload.clone());
+        self.ingest
+            .counters
+            .crashes
+            .with_label_values(&[label.as_str(), signal_label(status.signal)])
+            .inc();
+        if let Some(exit) = exit {
+            self.publish(crash::crash_event(
+                exit,
+                &death,
+                &workload,
+                ancestry.as_deref().unwrap_or_default(),
+                process,
+                r.time_ns,
+            ));
         }
+    }
+
+    pub(crate) fn on_oom_kill(&mut self, r: &OomKillRecord) {
+        let comm = Comm::from_raw(r.comm).to_lossy();
+        let cgroup = cgroup_path(&r.cgroup);
+        let workload = workload::label(cgroup.as_deref(), &comm);
+        let label = self.admit_workload(workload.clone());
+        self.ingest
+            .counters
+            .oom_kills
+            .with_label_values(&[label.as_str(), "SIGKILL"])
+            .inc();
+        if self.render {
+            let seen = oom::Seen {
+                tree: &self.state.tree,
+                proc_root: &self.ingest.proc_root,
+                clock: &self.clock,
+            };
+            let msg = oom::render_oom_kill(&seen, r, &comm, cgroup.as_deref(), &workload);
+            self.publish(msg);
+        }
+    }
+
+    /// The workload label to export: the same capped names as the per-workload series
+    /// (--max-workloads, overflow counted in procmon_workload_overflow_total).
+    pub(crate) fn admit_workload(&mut self, workload: String) -> String {
+        self.state.attribution.admit_workload(workload)
     }
 }
 

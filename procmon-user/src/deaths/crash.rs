@@ -1,75 +1,34 @@
-//! Deaths that matter: crashes and OOM kills are counted per workload (within the label
-//! cap) and reported as `crash` and `oom_kill` events, on top of the ordinary `exit` event.
-
-use procmon_common::{ExitRecord, OomKillRecord};
+//! The `crash` event: a process died of a crash signal or was OOM-killed. The ingest path
+//! counts it per workload (within the label cap) and publishes it next to the `exit` event.
 
 use crate::{
     attribution::TrackedProcess,
-    deaths::{oom, Death},
-    events::{self, signal_label, Ancestor, EventKind, ExitStatus, LastSample},
-    ingest::{Batch, ExitFields},
-    record::cgroup_path,
-    tree::Comm,
-    workload,
+    deaths::Death,
+    events::{self, Ancestor, EventKind, EventMsg, ExitFields},
 };
 
-impl Batch<'_> {
-    /// Counts a crash or OOM death by workload and emits its `crash` event.
-    pub(crate) fn on_crash(
-        &mut self,
-        r: &ExitRecord,
-        status: ExitStatus,
-        death: Death,
-        exit: Option<&ExitFields>,
-        ancestry: Option<Vec<Ancestor>>,
-        process: Option<&TrackedProcess>,
-    ) {
-        let comm = Comm::from_raw(r.comm).to_lossy();
-        let workload = workload::label(death.cgroup.as_deref(), &comm);
-        let label = self.admit_workload(workload.clone());
-        self.ingest
-            .counters
-            .crashes
-            .with_label_values(&[label.as_str(), signal_label(status.signal)])
-            .inc();
-        if let Some(exit) = exit {
-            let mut event = exit.event();
-            event.kind = EventKind::Crash;
-            let msg = events::render(
-                EventKind::Crash,
-                &events::CrashEvent {
-                    exit: event,
-                    cgroup: death.cgroup.as_deref(),
-                    workload: &workload,
-                    ancestry: ancestry.as_deref().unwrap_or_default(),
-                    last_sample: LastSample::of(process, r.time_ns),
-                },
-            );
-            self.publish(msg);
-        }
-    }
-
-    pub(crate) fn on_oom_kill(&mut self, r: &OomKillRecord) {
-        let comm = Comm::from_raw(r.comm).to_lossy();
-        let cgroup = cgroup_path(&r.cgroup);
-        let workload = workload::label(cgroup.as_deref(), &comm);
-        let label = self.admit_workload(workload.clone());
-        self.ingest
-            .counters
-            .oom_kills
-            .with_label_values(&[label.as_str(), "SIGKILL"])
-            .inc();
-        if self.render {
-            let msg = oom::render_oom_kill(self, r, &comm, cgroup.as_deref(), &workload);
-            self.publish(msg);
-        }
-    }
-
-    /// The workload label to export: the same capped names as the per-workload series
-    /// (--max-workloads, overflow counted in procmon_workload_overflow_total).
-    pub(crate) fn admit_workload(&mut self, workload: String) -> String {
-        self.state.attribution.admit_workload(workload)
-    }
+/// The `crash` event of a death: its exit event's fields, plus where it ran and who
+/// started it.
+pub fn crash_event(
+    exit: &ExitFields,
+    death: &Death,
+    workload: &str,
+    ancestry: &[Ancestor],
+    process: Option<&TrackedProcess>,
+    death_ns: u64,
+) -> EventMsg {
+    let mut event = exit.event();
+    event.kind = EventKind::Crash;
+    events::render(
+        EventKind::Crash,
+        &events::CrashEvent {
+            exit: event,
+            cgroup: death.cgroup.as_deref(),
+            workload,
+            ancestry,
+            last_sample: super::last_sample(process, death_ns),
+        },
+    )
 }
 
 #[cfg(test)]

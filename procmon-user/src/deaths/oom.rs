@@ -3,10 +3,12 @@
 
 use procmon_common::{oom_flags, OomConstraint, OomKillRecord};
 
+use std::path::Path;
+
 use crate::{
-    clock::rfc3339,
-    events::{self, EventKind, EventMsg, LastSample, OomKillEvent},
-    ingest::Batch,
+    attribution::ProcessTree,
+    clock::{rfc3339, WallClock},
+    events::{self, EventKind, EventMsg, OomKillEvent},
     procfs,
     record::cgroup_path,
 };
@@ -30,8 +32,16 @@ pub fn constraint_source(flags: u32) -> Option<&'static str> {
     }
 }
 
+/// Where an `oom_kill` event is observed from: the tree before the victim's exit, /proc,
+/// and the wall clock of the batch.
+pub struct Seen<'a> {
+    pub tree: &'a ProcessTree,
+    pub proc_root: &'a Path,
+    pub clock: &'a WallClock,
+}
+
 pub fn render_oom_kill(
-    batch: &Batch<'_>,
+    seen: &Seen<'_>,
     r: &OomKillRecord,
     comm: &str,
     cgroup: Option<&str>,
@@ -39,17 +49,16 @@ pub fn render_oom_kill(
 ) -> EventMsg {
     let has_task = r.flags & oom_flags::TASK != 0;
     let page = procfs::page_size();
-    let time = rfc3339(batch.clock.at(r.time_ns));
+    let time = rfc3339(seen.clock.at(r.time_ns));
     // The victim was sent SIGKILL but is usually still alive while it releases memory, so
     // /proc can fill in what the tree never saw (processes older than the agent).
-    let exe = batch
-        .state
+    let exe = seen
         .tree
         .get_exact(r.pid, r.start_ns)
         .and_then(|p| p.exe.as_deref().map(str::to_string))
         .or_else(|| {
             has_task
-                .then(|| procfs::read_exe(&batch.ingest.proc_root, r.pid, r.start_ns))
+                .then(|| procfs::read_exe(seen.proc_root, r.pid, r.start_ns))
                 .flatten()
         });
     let memcg = if r.flags & oom_flags::MEMCG != 0 {
@@ -58,7 +67,7 @@ pub fn render_oom_kill(
         None
     };
     let ancestry = if has_task {
-        super::ancestry::ancestry(&batch.state.tree, r.ppid)
+        super::ancestry::ancestry(seen.tree, r.ppid)
     } else {
         Vec::new()
     };
@@ -84,7 +93,7 @@ pub fn render_oom_kill(
             pgtables_bytes: r.pgtables_bytes,
             oom_score_adj: r.oom_score_adj,
             ancestry: &ancestry,
-            last_sample: LastSample::of(batch.state.tree.get_exact(r.pid, r.start_ns), r.time_ns),
+            last_sample: super::last_sample(seen.tree.get_exact(r.pid, r.start_ns), r.time_ns),
         },
     )
 }

@@ -273,15 +273,37 @@ pub struct LastSample {
     pub age_seconds: f64,
 }
 
-impl LastSample {
-    pub fn of(p: Option<&crate::attribution::TrackedProcess>, death_ns: u64) -> Option<Self> {
-        let live = p?.ext.live;
-        (live.sampled_at_ns > 0).then(|| LastSample {
-            rss_bytes: live.rss_bytes,
-            cpu_seconds: live.cpu_ns as f64 / 1e9,
-            cpu_usage_ratio: live.cpu_ratio,
-            age_seconds: death_ns.saturating_sub(live.sampled_at_ns) as f64 / 1e9,
-        })
+/// The owned parts of an exit event, shared by the `exit` and `crash` events of a death.
+pub struct ExitFields {
+    pub time: String,
+    pub comm: String,
+    pub pid: u32,
+    pub ppid: u32,
+    pub status: ExitStatus,
+    pub outcome: Outcome,
+    pub cpu_user_seconds: f64,
+    pub cpu_system_seconds: f64,
+    pub peak_rss_bytes: u64,
+    pub lifetime_seconds: f64,
+}
+
+impl ExitFields {
+    pub fn event(&self) -> ExitEvent<'_> {
+        ExitEvent {
+            kind: EventKind::Exit,
+            time: &self.time,
+            pid: self.pid,
+            ppid: self.ppid,
+            comm: &self.comm,
+            exit_code: self.status.code,
+            signal: self.status.signal,
+            core_dumped: self.status.core_dumped,
+            outcome: self.outcome,
+            cpu_user_seconds: self.cpu_user_seconds,
+            cpu_system_seconds: self.cpu_system_seconds,
+            peak_rss_bytes: self.peak_rss_bytes,
+            lifetime_seconds: self.lifetime_seconds,
+        }
     }
 }
 
