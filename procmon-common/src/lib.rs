@@ -479,6 +479,8 @@ const _: () = assert!(size_of::<ProbeConfig>() == 8);
 mod pod {
     // SAFETY: repr(C), integer fields only, no implicit padding (sizes asserted above).
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: repr(C) with a single u64 field (size 8, asserted above): no padding, and every
+    // bit pattern is a valid value.
     unsafe impl aya::Pod for super::ProbeConfig {}
 }
 

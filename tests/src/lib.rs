@@ -37,6 +37,7 @@ pub fn in_ci() -> bool {
 /// Whether the test may go on: true as root. Otherwise it panics in CI (a skipped privileged
 /// suite would look green) and prints the reason and returns false elsewhere.
 pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no arguments or preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
@@ -285,6 +286,8 @@ impl Agent {
 
     fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("agent already stopped");
+        // SAFETY: kill takes no pointers; the agent is our unreaped child, so its pid cannot
+        // have been reused by another process.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         match wait_for(SHUTDOWN_TIMEOUT, || child.try_wait().expect("try_wait")) {
             Some(status) => status,

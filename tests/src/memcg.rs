@@ -68,6 +68,8 @@ impl Drop for Memcg {
         for _ in 0..50 {
             let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill takes no pointers; the pids are the members of the test's
+                // own throwaway cgroup.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {

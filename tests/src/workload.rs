@@ -12,6 +12,7 @@ use std::time::Duration;
 /// Blocks until one byte arrives on stdin; exits 1 if stdin closes first (the test gave up).
 pub fn wait_release() {
     let mut b = 0u8;
+    // SAFETY: read writes at most 1 byte into the live local `b`.
     let n = unsafe { libc::read(0, (&mut b as *mut u8).cast(), 1) };
     if n != 1 {
         eprintln!("stdin closed before the release byte");
@@ -22,6 +23,7 @@ pub fn wait_release() {
 /// Blocks until stdin reaches EOF (the test closed it) or fails.
 pub fn wait_stdin_eof() {
     let mut buf = [0u8; 64];
+    // SAFETY: read writes at most `buf.len()` bytes into the live local `buf`.
     while unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
 }
 
@@ -31,6 +33,7 @@ pub fn thread_cpu_time() -> Duration {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: clock_gettime writes one timespec through a pointer to a live local.
     let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(r, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -50,6 +53,7 @@ pub fn monotonic_now() -> libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: clock_gettime writes one timespec through a pointer to a live local.
     let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(r, 0, "clock_gettime(CLOCK_MONOTONIC)");
     ts
@@ -66,6 +70,8 @@ pub fn timespec_add(ts: libc::timespec, d: Duration) -> libc::timespec {
 /// Sleeps until the absolute CLOCK_MONOTONIC time `ts`.
 pub fn sleep_until(ts: &libc::timespec) {
     loop {
+        // SAFETY: `ts` is a valid timespec borrowed for the call; the remaining-time pointer
+        // may be null (and is unused with TIMER_ABSTIME).
         let r = unsafe {
             libc::clock_nanosleep(
                 libc::CLOCK_MONOTONIC,
@@ -81,6 +87,8 @@ pub fn sleep_until(ts: &libc::timespec) {
 }
 
 pub fn fork() -> libc::pid_t {
+    // SAFETY: only the single-threaded workload binaries call this (see the module doc), so
+    // the child inherits no lock held by another thread.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     pid
@@ -90,6 +98,7 @@ pub fn fork() -> libc::pid_t {
 pub fn reap(pid: libc::pid_t) -> (libc::pid_t, libc::c_int) {
     let mut status = 0;
     loop {
+        // SAFETY: waitpid writes one c_int through a pointer to a live local.
         let r = unsafe { libc::waitpid(pid, &mut status, 0) };
         if r > 0 {
             return (r, status);
@@ -105,8 +114,10 @@ pub fn reap(pid: libc::pid_t) -> (libc::pid_t, libc::c_int) {
 /// descendants included) from `wait4`.
 pub fn reap_rusage(pid: libc::pid_t) -> (libc::pid_t, libc::c_int, f64) {
     let mut status = 0;
+    // SAFETY: rusage is plain integers and timevals, for which all zero bytes are valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
+        // SAFETY: wait4 writes one c_int and one rusage through pointers to live locals.
         let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
         if r > 0 {
             return (r, status, rusage_seconds(&ru));
@@ -125,7 +136,9 @@ fn rusage_seconds(ru: &libc::rusage) -> f64 {
 
 /// Seconds of user + system time in `getrusage(who)`.
 pub fn rusage_cpu_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: rusage is plain integers and timevals, for which all zero bytes are valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage through a pointer to a live local.
     assert_eq!(unsafe { libc::getrusage(who, &mut ru) }, 0, "getrusage");
     rusage_seconds(&ru)
 }
@@ -143,6 +156,8 @@ pub fn self_status_bytes(field: &str) -> u64 {
 
 /// In a child: die with the parent (a test that panics kills the workload, not its children).
 pub fn die_with_parent(parent: libc::pid_t) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number, no pointers; getppid has no
+    // preconditions; `_exit` ends the child without unwinding into the parent's code.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
         if libc::getppid() != parent {

@@ -74,6 +74,9 @@ fn unprivileged_is_exit_1_naming_the_capability() {
     let addr = free_loopback_addr().to_string();
     let mut cmd = agent(&["--listen", &addr]);
     // Become nobody:nogroup with no supplementary groups; euid != 0 drops every capability.
+    // SAFETY: the pre_exec closure runs in the forked child before exec and calls only
+    // setgroups/setgid/setuid (async-signal-safe; setgroups with size 0 reads no list, so a
+    // null pointer is allowed) and reads errno; it allocates nothing and takes no locks.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setgroups(0, std::ptr::null()) != 0

@@ -96,7 +96,9 @@ fn oom_kill_in_a_memory_cgroup_is_reported_like_the_kernel_does() {
     // (what get_mm_counter() returned before): there the two may differ by the counters'
     // per-CPU batch, max(32, 2 * CPUs) pages on each CPU.
     let rss_slack = if kernel_major() >= 7 {
+        // SAFETY: sysconf takes a constant name, no pointers, and has no preconditions.
         let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64;
+        // SAFETY: as above.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
         cpus * 32u64.max(2 * cpus) * page
     } else {

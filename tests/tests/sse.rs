@@ -41,6 +41,8 @@ fn slow_client_never_stalls_a_reading_client_and_memory_stays_bounded() {
     // The stalled client: connected, reading nothing, with a small receive buffer.
     let stalled = TcpStream::connect(agent.addr).expect("connecting the stalled client");
     let rcvbuf: libc::c_int = 4096;
+    // SAFETY: setsockopt reads size_of_val(&rcvbuf) bytes from the live local `rcvbuf`; the fd
+    // belongs to `stalled`, which outlives the call.
     unsafe {
         use std::os::fd::AsRawFd;
         libc::setsockopt(

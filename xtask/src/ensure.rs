@@ -11,6 +11,8 @@ use crate::cmd;
 pub enum Need {
     /// Build the eBPF programs: nightly rust-src, bpf-linker and the LLVM it links against.
     Toolchain,
+    /// Lint every crate: nightly clippy (with rust-src) for the eBPF crate's own target.
+    Lint,
     /// Run the agent (or tests that load the probes): tracefs mounted.
     Agent,
     /// The end-to-end tests: promtool checks the /metrics output.
@@ -34,7 +36,7 @@ impl Need {
                 ],
                 "bpf-linker links eBPF objects with LLVM 22",
             ),
-            Need::Agent => (&[], ""),
+            Need::Agent | Need::Lint => (&[], ""),
             Need::Tests => (
                 &["prometheus", "make"],
                 "the end-to-end tests check /metrics with promtool and trace a make -j2 build",
@@ -55,8 +57,20 @@ impl Need {
 
 pub fn ensure(needs: &[Need]) -> Result<()> {
     debian_packages(needs)?;
+    if needs.contains(&Need::Toolchain) || needs.contains(&Need::Lint) {
+        nightly_toolchain()?;
+        nightly_component(
+            "rust-src",
+            "-Z build-std=core compiles core for the BPF target from it",
+        )?;
+    }
+    if needs.contains(&Need::Lint) {
+        nightly_component(
+            "clippy",
+            "the eBPF crate is linted on nightly for its own target",
+        )?;
+    }
     if needs.contains(&Need::Toolchain) {
-        nightly_rust_src()?;
         bpf_linker()?;
     }
     if needs.contains(&Need::Agent) {
@@ -101,7 +115,7 @@ fn installed(package: &str) -> Result<bool> {
     Ok(String::from_utf8_lossy(&query.stdout).contains("install ok installed"))
 }
 
-fn nightly_rust_src() -> Result<()> {
+fn nightly_toolchain() -> Result<()> {
     let toolchains = stdout(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|line| line.starts_with("nightly")) {
         eprintln!("installing the nightly Rust toolchain: the eBPF crate needs -Z build-std");
@@ -113,6 +127,12 @@ fn nightly_rust_src() -> Result<()> {
             "minimal",
         ]))?;
     }
+    Ok(())
+}
+
+/// Adds rustup component `name` (e.g. "rust-src", "clippy") to the nightly toolchain, unless
+/// it is already installed; `why` is printed when it is not.
+fn nightly_component(name: &str, why: &str) -> Result<()> {
     let components = stdout(Command::new("rustup").args([
         "component",
         "list",
@@ -120,12 +140,17 @@ fn nightly_rust_src() -> Result<()> {
         "nightly",
         "--installed",
     ]))?;
-    if !components.lines().any(|line| line.starts_with("rust-src")) {
-        eprintln!("installing nightly rust-src: -Z build-std=core compiles core for the BPF target from it");
+    // Installed components are listed with their target ("clippy-x86_64-unknown-linux-gnu"),
+    // except target-independent ones ("rust-src").
+    let installed = components
+        .lines()
+        .any(|line| line == name || line.starts_with(&format!("{name}-")));
+    if !installed {
+        eprintln!("installing nightly {name}: {why}");
         cmd::run(Command::new("rustup").args([
             "component",
             "add",
-            "rust-src",
+            name,
             "--toolchain",
             "nightly",
         ]))?;

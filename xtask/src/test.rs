@@ -1,12 +1,12 @@
 //! `cargo xtask test`: everything CI runs, in order, stopping at the first failure.
-use std::path::Path;
+use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result};
 
 use crate::{cmd, ebpf, ensure};
 
 pub fn run(root: &Path) -> Result<()> {
-    let stages = 6;
+    let stages = 7;
     let mut stage = 0;
     let mut header = |what: &str| {
         stage += 1;
@@ -16,6 +16,7 @@ pub fn run(root: &Path) -> Result<()> {
     header("ensure toolchain and test dependencies");
     ensure::ensure(&[
         ensure::Need::Toolchain,
+        ensure::Need::Lint,
         ensure::Need::Agent,
         ensure::Need::Tests,
     ])?;
@@ -29,6 +30,10 @@ pub fn run(root: &Path) -> Result<()> {
     header("unit tests (no root)");
     cmd::run_tests(cmd::cargo(root).args(["test", "--release"]), &mut tally)
         .context("unit tests failed")?;
+
+    // Cheap, so before the slow stages; it runs no tests, so it adds nothing to the tally.
+    header("lints (clippy -D warnings on every crate, rustfmt --check)");
+    lint(root)?;
 
     header("build release agent");
     crate::build_agent(root)?;
@@ -65,6 +70,53 @@ pub fn run(root: &Path) -> Result<()> {
     // stage, so its failures are counted here too.
     println!("{} passed, {} failed", tally.passed, tally.failed);
     matrix
+}
+
+/// Fails on any clippy warning (the workspace lints in the root Cargo.toml included: every
+/// `unsafe` says why it is sound) or any unformatted file.
+fn lint(root: &Path) -> Result<()> {
+    let deny = ["--", "-D", "warnings"];
+    // The host crates, procmon-common with the `user` feature (its aya::Pod impls).
+    cmd::run(
+        cmd::cargo(root)
+            .args(["clippy", "--release", "--all-targets"])
+            .args(["-p", "procmon-user", "-p", "xtask", "-p", "procmon-tests"])
+            .args(["-p", "procmon-common", "--features", "procmon-common/user"])
+            .args(deny),
+    )
+    .context("clippy found warnings in the host crates: fix them (or `#[allow]` with a reason)")?;
+    // procmon-common alone: the no_std build without `user` that the eBPF programs use.
+    cmd::run(
+        cmd::cargo(root)
+            .args([
+                "clippy",
+                "--release",
+                "--all-targets",
+                "-p",
+                "procmon-common",
+            ])
+            .args(deny),
+    )
+    .context("clippy found warnings in procmon-common without the `user` feature")?;
+    cmd::run(cmd::cargo(root).args(["fmt", "--all", "--check"]))
+        .context("files are not rustfmt-formatted: run `cargo fmt --all`")?;
+    // The eBPF crate only builds for its own target, on nightly, like `ebpf::build`: from its
+    // directory, with the outer cargo's settings removed, into the same target/bpf.
+    let mut ebpf_clippy = Command::new("rustup");
+    ebpf_clippy
+        .args(["run", "nightly", "cargo", "clippy", "--release"])
+        .args([
+            "--package",
+            "procmon-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(root.join("target/bpf"))
+        .args(deny)
+        .current_dir(root.join("procmon-ebpf"));
+    cmd::run(ebpf::remove_cargo_env(&mut ebpf_clippy))
+        .context("clippy found warnings in procmon-ebpf (nightly, bpfel-unknown-none)")
 }
 
 /// The kernel matrix takes many minutes of emulation, so a local run may skip it with

@@ -80,10 +80,7 @@ mod tests {
     use super::*;
 
     fn bytes(samples: &[TaskSample]) -> Vec<u8> {
-        samples
-            .iter()
-            .flat_map(|s| crate::record::encode(s))
-            .collect()
+        samples.iter().flat_map(crate::record::encode).collect()
     }
 
     #[test]

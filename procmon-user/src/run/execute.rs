@@ -72,7 +72,10 @@ pub async fn execute(
     let status = loop {
         tokio::select! {
             status = &mut wait => break status?.context("waiting for the command failed")?,
+            // SAFETY: kill takes no pointers; `pid` is our child, not yet reaped (the wait
+            // above has not returned), so the pid cannot have been reused.
             _ = int.recv() => unsafe { libc::kill(pid as i32, libc::SIGINT); },
+            // SAFETY: as above.
             _ = term.recv() => unsafe { libc::kill(pid as i32, libc::SIGTERM); },
         }
     };

@@ -16,6 +16,7 @@ const PERIOD: Duration = Duration::from_millis(20);
 fn run_at(duty: u32) -> ! {
     match duty {
         0 => loop {
+            // SAFETY: pause has no arguments or preconditions.
             unsafe { libc::pause() };
         },
         100.. => loop {
@@ -47,6 +48,7 @@ fn main() {
         duties
     };
     wait_release();
+    // SAFETY: getpid has no arguments or preconditions.
     let parent = unsafe { libc::getpid() };
     let children: Vec<libc::pid_t> = duties
         .iter()
@@ -65,6 +67,8 @@ fn main() {
     );
     wait_stdin_eof();
     for &c in &children {
+        // SAFETY: kill takes no pointers; `c` is our own unreaped child, so its pid cannot
+        // have been reused by another process.
         unsafe { libc::kill(c, libc::SIGKILL) };
         reap(c);
     }

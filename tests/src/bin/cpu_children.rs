@@ -26,16 +26,21 @@ fn child(index: usize) -> ! {
             let pid = fork();
             if pid == 0 {
                 burn(GRANDCHILD_CPU);
+                // SAFETY: `_exit` has no preconditions; it ends the grandchild without
+                // returning into the child's loop.
                 unsafe { libc::_exit(0) };
             }
             *g = pid;
         }
         for g in grandchildren {
             if reap(g).1 != 0 {
+                // SAFETY: `_exit` has no preconditions.
                 unsafe { libc::_exit(2) };
             }
         }
     }
+    // SAFETY: `_exit` has no preconditions; it ends the forked child without returning into
+    // the parent's loop.
     unsafe { libc::_exit(0) }
 }
 

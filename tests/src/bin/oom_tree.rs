@@ -16,6 +16,8 @@ fn main() {
         .expect("usage: oom_tree <memory cgroup dir>");
     std::fs::write(format!("{cgroup}/cgroup.procs"), b"0")
         .unwrap_or_else(|e| panic!("joining {cgroup}: {e}"));
+    // SAFETY: this workload is single-threaded, so the child inherits no lock held by another
+    // thread and may allocate.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
@@ -30,9 +32,12 @@ fn main() {
             std::io::stderr(),
             "allocated {MAX_BYTES} bytes without being killed"
         );
+        // SAFETY: `_exit` has no preconditions; it ends the child without returning into
+        // the parent's code below.
         unsafe { libc::_exit(1) };
     }
     let mut status = 0;
+    // SAFETY: waitpid writes one c_int through a pointer to a live local.
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
     assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
     println!(

@@ -117,19 +117,38 @@ impl Drop for IdleTree {
 }
 
 /// The forked parent: forks the children, reports how many, then waits for the release.
+///
+/// # Safety
+///
+/// Call only in a freshly forked child of xtask, never in xtask itself: it closes the given
+/// fds, forks, and ends the process with `_exit`. `[release_r, release_w, ready_r, ready_w]`
+/// must be the two pipes' open fds. Only async-signal-safe libc calls run here (no
+/// allocation, no locks), which is what a child forked from a possibly multi-threaded
+/// process may do.
 unsafe fn parent_main(children: u32, [release_r, release_w, ready_r, ready_w]: [RawFd; 4]) -> ! {
-    libc::setpgid(0, 0);
-    libc::close(release_w);
-    libc::close(ready_r);
-    libc::prctl(libc::PR_SET_NAME, PARENT_COMM.as_ptr());
+    // SAFETY: setpgid/close/prctl take no pointers except PR_SET_NAME's, which is a static
+    // NUL-terminated string; the fds are ours (caller's contract) and unused after closing.
+    unsafe {
+        libc::setpgid(0, 0);
+        libc::close(release_w);
+        libc::close(ready_r);
+        libc::prctl(libc::PR_SET_NAME, PARENT_COMM.as_ptr());
+    }
     let (mut forked, mut errno) = (0u32, 0i32);
     while forked < children {
-        match libc::fork() {
+        // SAFETY: this process is the single-threaded forked parent (caller's contract), and
+        // the child below runs only async-signal-safe calls before `_exit`.
+        match unsafe { libc::fork() } {
             0 => {
-                libc::close(ready_w);
-                libc::prctl(libc::PR_SET_NAME, CHILD_COMM.as_ptr());
-                wait_for_eof(release_r);
-                libc::_exit(0);
+                // SAFETY: `ready_w` is open here and closed once; PR_SET_NAME reads a static
+                // NUL-terminated string; `release_r` is open (the wait_for_eof contract);
+                // `_exit` ends the child without running Rust destructors or atexit hooks.
+                unsafe {
+                    libc::close(ready_w);
+                    libc::prctl(libc::PR_SET_NAME, CHILD_COMM.as_ptr());
+                    wait_for_eof(release_r);
+                    libc::_exit(0);
+                }
             }
             -1 => {
                 errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -141,20 +160,33 @@ unsafe fn parent_main(children: u32, [release_r, release_w, ready_r, ready_w]: [
     let mut report = [0u8; 8];
     report[..4].copy_from_slice(&forked.to_ne_bytes());
     report[4..].copy_from_slice(&errno.to_ne_bytes());
-    libc::write(ready_w, report.as_ptr().cast(), report.len());
-    libc::close(ready_w);
-    wait_for_eof(release_r);
+    // SAFETY: write reads `report.len()` bytes from a live local array; `ready_w` is open and
+    // closed once; `release_r` is open (the wait_for_eof contract).
+    unsafe {
+        libc::write(ready_w, report.as_ptr().cast(), report.len());
+        libc::close(ready_w);
+        wait_for_eof(release_r);
+    }
     // The children see the same EOF; reaping them leaves no zombies for init.
-    while libc::waitpid(-1, std::ptr::null_mut(), 0) > 0
+    // SAFETY: waitpid accepts a null status pointer (status not wanted).
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) } > 0
         || io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
     {}
-    libc::_exit(0)
+    // SAFETY: ends the forked process without unwinding into the Rust code it was forked from.
+    unsafe { libc::_exit(0) }
 }
 
+/// Blocks in read() until `fd` reports EOF or an error other than EINTR.
+///
+/// # Safety
+///
+/// `fd` must be an open file descriptor that nothing else closes meanwhile.
 unsafe fn wait_for_eof(fd: RawFd) {
     let mut byte = 0u8;
     loop {
-        let n = libc::read(fd, (&raw mut byte).cast(), 1);
+        // SAFETY: read writes at most 1 byte into the live local `byte`; `fd` is open (the
+        // caller's contract).
+        let n = unsafe { libc::read(fd, (&raw mut byte).cast(), 1) };
         if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
             return;
         }

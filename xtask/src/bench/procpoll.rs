@@ -43,6 +43,7 @@ pub fn measure(passes: usize) -> Result<Poll> {
 fn pass() -> Result<usize> {
     // SAFETY: opendir/readdir/closedir on one stream owned by this function; d_name is a NUL-
     // terminated name valid until the next readdir.
+    // Here: opendir reads a NUL-terminated static path.
     let dir = unsafe { libc::opendir(c"/proc".as_ptr()) };
     if dir.is_null() {
         bail!("cannot list /proc: {}", std::io::Error::last_os_error());
@@ -50,12 +51,16 @@ fn pass() -> Result<usize> {
     let mut buf = [0u8; 4096];
     let mut processes = 0;
     loop {
+        // SAFETY: `dir` is the non-null stream opened above and not yet closed.
         let entry = unsafe { libc::readdir(dir) };
         if entry.is_null() {
             break;
         }
+        // SAFETY: `entry` is non-null and points at the dirent readdir returned, valid until
+        // the next readdir on `dir`, which happens only after this iteration.
         let pid = unsafe { (*entry).d_name.as_ptr() };
         // Pids start with 1-9; everything else in /proc (self, sys, ...) does not.
+        // SAFETY: d_name is NUL-terminated, so its first byte exists (and is still valid).
         if !(b'1'..=b'9').contains(&(unsafe { *pid } as u8)) {
             continue;
         }
@@ -70,6 +75,7 @@ fn pass() -> Result<usize> {
         black_box((cpu, rss));
         processes += 1;
     }
+    // SAFETY: closes the stream opened above, once; `entry`/`pid` are not used after it.
     unsafe { libc::closedir(dir) };
     Ok(processes)
 }
