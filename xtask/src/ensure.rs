@@ -69,6 +69,13 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
             "clippy",
             "the eBPF crate is linted on nightly for its own target",
         )?;
+        for name in ["clippy", "rustfmt"] {
+            component(
+                "stable",
+                name,
+                "the lint stage runs clippy and rustfmt on the host crates",
+            )?;
+        }
     }
     if needs.contains(&Need::Toolchain) {
         bpf_linker()?;
@@ -133,11 +140,16 @@ fn nightly_toolchain() -> Result<()> {
 /// Adds rustup component `name` (e.g. "rust-src", "clippy") to the nightly toolchain, unless
 /// it is already installed; `why` is printed when it is not.
 fn nightly_component(name: &str, why: &str) -> Result<()> {
+    component("nightly", name, why)
+}
+
+/// Installs rustup component `name` of `toolchain` if it is missing.
+fn component(toolchain: &str, name: &str, why: &str) -> Result<()> {
     let components = stdout(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        toolchain,
         "--installed",
     ]))?;
     // Installed components are listed with their target ("clippy-x86_64-unknown-linux-gnu"),
@@ -146,13 +158,13 @@ fn nightly_component(name: &str, why: &str) -> Result<()> {
         .lines()
         .any(|line| line == name || line.starts_with(&format!("{name}-")));
     if !installed {
-        eprintln!("installing nightly {name}: {why}");
+        eprintln!("installing {toolchain} {name}: {why}");
         cmd::run(Command::new("rustup").args([
             "component",
             "add",
             name,
             "--toolchain",
-            "nightly",
+            toolchain,
         ]))?;
     }
     Ok(())
