@@ -107,7 +107,7 @@ impl Pipeline {
             metrics.set_kernel_feature(feature.name(), features.is_ok(feature));
         }
         for line in features.to_string().lines() {
-            eprintln!("procmon: warning: {line}");
+            log::warn!("{line}");
         }
         let first = shared.lock().attribution.snapshot(boottime_ns());
         metrics.attribution.update(&first);
@@ -226,7 +226,7 @@ async fn sample_once(sampler: &mut Sampler, shared: &Arc<Shared>, metrics: Optio
     let samples = match sampler.sample() {
         Ok(samples) => samples,
         Err(e) => {
-            eprintln!("procmon: warning: sampling failed: {e}");
+            log::warn!("sampling failed: {e}");
             return;
         }
     };
@@ -311,7 +311,7 @@ async fn reconcile_periodically(
         let scan_started = boottime_ns();
         let Ok(Ok(snapshot)) = tokio::task::spawn_blocking(|| procfs::scan(PROC.as_ref())).await
         else {
-            eprintln!("procmon: warning: cannot read /proc; reconciliation skipped");
+            log::warn!("cannot read /proc; reconciliation skipped");
             continue;
         };
         let shared = shared.clone();

@@ -125,7 +125,7 @@ impl Batch<'_> {
                 if self.ingest.decode_errors[e.index()].fetch_add(1, Ordering::Relaxed) == 0 {
                     // Once per reason: an ABI mismatch means the agent and its probes were
                     // built apart, and every record will be rejected.
-                    eprintln!("procmon: warning: rejected a ring-buffer record: {e}");
+                    log::warn!("rejected a ring-buffer record: {e}");
                 }
                 return;
             }

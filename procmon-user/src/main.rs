@@ -14,6 +14,7 @@ mod events;
 mod http;
 mod ingest;
 mod kernel;
+mod logging;
 mod metrics;
 mod procfs;
 mod record;
@@ -36,6 +37,7 @@ use crate::{
 const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
 fn main() -> ExitCode {
+    logging::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -97,12 +99,12 @@ async fn agent_main(settings: Settings) -> anyhow::Result<u8> {
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let pipeline = Pipeline::start(settings.pipeline, Some(listener), events_out).await?;
-    eprintln!("procmon: ready, listening on http://{addr}");
+    log::info!("ready, listening on http://{addr}");
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    eprintln!("procmon: shutting down");
+    log::info!("shutting down");
     pipeline.stop().await?;
     Ok(0)
 }

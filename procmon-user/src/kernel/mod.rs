@@ -251,6 +251,6 @@ fn raise_memlock_limit() {
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0
         && features::kernel_version().is_some_and(|v| v < (5, 11))
     {
-        eprintln!("procmon: warning: cannot raise RLIMIT_MEMLOCK ({}); loading may fail on this kernel, grant CAP_SYS_RESOURCE", std::io::Error::last_os_error());
+        log::warn!("cannot raise RLIMIT_MEMLOCK ({}); loading may fail on this kernel, grant CAP_SYS_RESOURCE", std::io::Error::last_os_error());
     }
 }

@@ -53,7 +53,7 @@ pub async fn execute(
         Ok(child) => child,
         Err(e) => {
             pipeline.stop().await?;
-            eprintln!("procmon: cannot run `{}`: {e}", command[0]);
+            log::error!("cannot run `{}`: {e}", command[0]);
             // What shells return for a command that cannot be found or executed.
             return Ok(if e.kind() == std::io::ErrorKind::NotFound {
                 127
