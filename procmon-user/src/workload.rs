@@ -3,7 +3,7 @@
 //! workload is what the process's cgroup names (a systemd unit, a container scope);
 //! processes in the root cgroup are named by their comm instead.
 //!
-//! Label cardinality must stay bounded (DESIGN.md, external contract): [`Workloads`] admits a
+//! Label cardinality must stay bounded (docs/metrics.md): [`Workloads`] admits a
 //! fixed number of distinct names and folds the rest into [`OVERFLOW`], counting them.
 
 use std::collections::HashMap;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The cgroup v1 memory hierarchy this machine mounts (DESIGN.md); a v2 hierarchy is used
+/// The cgroup v1 memory hierarchy this development machine mounts; a v2 hierarchy is used
 /// only when its memory controller is available.
 const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
 const V2_CANDIDATES: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];

@@ -2,7 +2,7 @@
 //! victim and the memory cgroup of a crashing process both arrive before the process's exit
 //! record, which then classifies and attributes the death.
 //!
-//! Keyed by (pid, start time), never pid alone (DESIGN.md decision 3). Bounded: an exit that
+//! Keyed by (pid, start time), never pid alone (docs/architecture.md, rule 4). Bounded: an exit that
 //! never arrives (lost records) must not leak, so the oldest entries go first.
 
 use std::collections::{HashMap, VecDeque};

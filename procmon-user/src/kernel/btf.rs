@@ -1,7 +1,7 @@
 //! Kernel struct member offsets, resolved from the running kernel's BTF.
 //!
 //! Rust eBPF emits no CO-RE relocations, so the probes read `task_struct` and friends at
-//! offsets handed to them at load time (DESIGN.md decision 1). Nested and anonymous members
+//! offsets handed to them at load time (docs/architecture.md, rule 3). Nested and anonymous members
 //! (`se.sum_exec_runtime`, members inside anonymous unions) are found by walking member types.
 
 use std::path::Path;

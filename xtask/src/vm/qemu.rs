@@ -24,7 +24,7 @@ pub struct Boot {
 /// marker lines to stderr (prefixed with `label`) as they arrive.
 ///
 /// NB: TCG only: this machine's /dev/kvm is a paravirtual variant that cannot run stock
-/// kernels (DESIGN.md). `-cpu max` gives the guest the newest CPU features TCG emulates.
+/// kernels (docs/kernels.md). `-cpu max` gives the guest the newest CPU features TCG emulates.
 pub fn boot(
     vmlinuz: &Path,
     initrd: &Path,
