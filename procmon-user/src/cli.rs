@@ -131,32 +131,37 @@ impl CommonArgs {
         self,
         listen: Option<SocketAddr>,
         events: Option<PathBuf>,
-    ) -> Result<Settings, String> {
+    ) -> Result<Settings, SettingsError> {
         let file = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-                toml::from_str::<ConfigFile>(&text)
-                    .map_err(|e| format!("config file {}: {}", path.display(), e.message()))?
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| SettingsError::ReadConfig {
+                        path: path.clone(),
+                        source,
+                    })?;
+                toml::from_str::<ConfigFile>(&text).map_err(|e| SettingsError::ConfigSyntax {
+                    path: path.clone(),
+                    message: e.message().to_string(),
+                })?
             }
             None => ConfigFile::default(),
         };
-        let from_file = |key: &str,
+        let from_file = |key: &'static str,
                          value: &Option<String>,
-                         parse: fn(&str) -> Result<Duration, String>|
-         -> Result<Option<Duration>, String> {
+                         parse: fn(&str) -> Result<Duration, ValueError>|
+         -> Result<Option<Duration>, SettingsError> {
             value
                 .as_deref()
                 .map(parse)
                 .transpose()
-                .map_err(|e| format!("config `{key}`: {e}"))
+                .map_err(|e| SettingsError::key(key, e))
         };
         let mut watch = file
             .watch
             .iter()
             .map(|s| {
                 s.parse::<Selector>()
-                    .map_err(|e| format!("config `watch`: {e}"))
+                    .map_err(|e| SettingsError::key("watch", e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         watch.extend(self.watch);
@@ -166,21 +171,21 @@ impl CommonArgs {
                 .iter()
                 .map(|s| s.parse())
                 .collect::<Result<_, _>>()
-                .map_err(|e| format!("config `event_kinds`: {e}"))?,
+                .map_err(|e| SettingsError::key("event_kinds", e))?,
             (None, None) => EventKind::ALL.to_vec(),
         };
         let listen = match (listen, &file.listen) {
             (Some(l), _) => Some(l),
             (None, Some(l)) => Some(
                 l.parse()
-                    .map_err(|_| format!("config `listen`: `{l}` is not ADDR:PORT"))?,
+                    .map_err(|_| SettingsError::key("listen", format!("`{l}` is not ADDR:PORT")))?,
             ),
             (None, None) => None,
         };
         let ringbuf_bytes = match (self.ringbuf_bytes, file.ringbuf_bytes) {
             (Some(n), _) => n,
             (None, Some(n)) => parse_ringbuf_bytes(&n.to_string())
-                .map_err(|e| format!("config `ringbuf_bytes`: {e}"))?,
+                .map_err(|e| SettingsError::key("ringbuf_bytes", e))?,
             (None, None) => 8 << 20,
         };
         let sample_interval = self
@@ -232,32 +237,78 @@ impl CommonArgs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (examples: 500ms, 30s, 5m)"))
+/// Why settings (flags over the config file over defaults) were rejected: each message
+/// names the setting, and the agent exits 2 with it.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}: {message}", path.display())]
+    ConfigSyntax { path: PathBuf, message: String },
+    #[error("config `{key}`: {message}")]
+    Key { key: &'static str, message: String },
 }
 
-fn parse_sample_interval(s: &str) -> Result<Duration, String> {
+impl SettingsError {
+    fn key(key: &'static str, message: impl std::fmt::Display) -> Self {
+        SettingsError::Key {
+            key,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Why a flag's (or config key's) value was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("`{input}`: {reason} (examples: 500ms, 30s, 5m)")]
+    Duration { input: String, reason: String },
+    #[error("`{input}`: must be at least {min}")]
+    TooShort { input: String, min: &'static str },
+    #[error("`{0}` is not a byte count")]
+    ByteCount(String),
+    #[error("must be a power of two between 65536 and 1073741824")]
+    RingbufSize,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, ValueError> {
+    humantime::parse_duration(s).map_err(|e| ValueError::Duration {
+        input: s.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn parse_sample_interval(s: &str) -> Result<Duration, ValueError> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(100) {
-        return Err(format!("`{s}`: must be at least 100ms"));
+        return Err(ValueError::TooShort {
+            input: s.to_string(),
+            min: "100ms",
+        });
     }
     Ok(d)
 }
 
-fn parse_reconcile_interval(s: &str) -> Result<Duration, String> {
+fn parse_reconcile_interval(s: &str) -> Result<Duration, ValueError> {
     let d = parse_duration(s)?;
     if d < Duration::from_secs(1) {
-        return Err(format!("`{s}`: must be at least 1s"));
+        return Err(ValueError::TooShort {
+            input: s.to_string(),
+            min: "1s",
+        });
     }
     Ok(d)
 }
 
-fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
+fn parse_ringbuf_bytes(s: &str) -> Result<u32, ValueError> {
     let n: u32 = s
         .parse()
-        .map_err(|_| format!("`{s}` is not a byte count"))?;
+        .map_err(|_| ValueError::ByteCount(s.to_string()))?;
     if !n.is_power_of_two() || !(64 << 10..=1 << 30).contains(&n) {
-        return Err("must be a power of two between 65536 and 1073741824".into());
+        return Err(ValueError::RingbufSize);
     }
     Ok(n)
 }
@@ -343,13 +394,15 @@ mod tests {
             let err = common(&["--config", &path])
                 .resolve(None, None)
                 .err()
-                .unwrap();
+                .unwrap()
+                .to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
         let err = common(&["--config", "/nonexistent.toml"])
             .resolve(None, None)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("cannot read config file"), "{err}");
     }
 

@@ -55,11 +55,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(a) => match a.common.resolve(a.listen, a.events) {
             Ok(settings) => run_async(agent_main(settings)),
-            Err(e) => return usage_error(&e),
+            Err(e) => return usage_error(&e.to_string()),
         },
         Command::Run(r) => match r.common.resolve(r.listen, None) {
             Ok(settings) => run_async(run::execute(settings, r.command, r.json)),
-            Err(e) => return usage_error(&e),
+            Err(e) => return usage_error(&e.to_string()),
         },
     };
     match result {
