@@ -3,6 +3,8 @@
 //!
 //! The eBPF crate needs nightly (`-Z build-std=core`) and bpf-linker; `cargo xtask build-ebpf`
 //! installs both and runs the same command (ebpf_build.rs).
+// Shared with xtask, which also uses `cargo` (for clippy); this script only builds.
+#[allow(dead_code)]
 #[path = "ebpf_build.rs"]
 mod ebpf_build;
 

@@ -15,8 +15,13 @@ use std::{
 /// `rustup run nightly cargo build` of procmon-ebpf for `bpfel-unknown-none`, for the
 /// workspace at `root`, with the outer cargo's settings removed from its environment.
 pub fn command(root: &Path) -> Command {
+    cargo(root, "build")
+}
+
+/// `rustup run nightly cargo SUBCOMMAND` (build, clippy) of procmon-ebpf for its target.
+pub fn cargo(root: &Path, subcommand: &str) -> Command {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release"])
+    cmd.args(["run", "nightly", "cargo", subcommand, "--release"])
         .args([
             "--package",
             "procmon-ebpf",

@@ -9,7 +9,7 @@ use crate::cmd;
 #[path = "../../procmon-user/ebpf_build.rs"]
 mod ebpf_build;
 
-pub use ebpf_build::remove_cargo_env;
+pub use ebpf_build::{cargo, remove_cargo_env};
 
 /// Builds target/bpf/bpfel-unknown-none/release/procmon.
 pub fn build(root: &Path) -> Result<()> {

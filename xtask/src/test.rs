@@ -1,5 +1,5 @@
 //! `cargo xtask test`: everything CI runs, in order, stopping at the first failure.
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -102,20 +102,9 @@ fn lint(root: &Path) -> Result<()> {
         .context("files are not rustfmt-formatted: run `cargo fmt --all`")?;
     // The eBPF crate only builds for its own target, on nightly, like `ebpf::build`: from its
     // directory, with the outer cargo's settings removed, into the same target/bpf.
-    let mut ebpf_clippy = Command::new("rustup");
-    ebpf_clippy
-        .args(["run", "nightly", "cargo", "clippy", "--release"])
-        .args([
-            "--package",
-            "procmon-ebpf",
-            "--target",
-            "bpfel-unknown-none",
-        ])
-        .args(["-Z", "build-std=core", "--target-dir"])
-        .arg(root.join("target/bpf"))
-        .args(deny)
-        .current_dir(root.join("procmon-ebpf"));
-    cmd::run(ebpf::remove_cargo_env(&mut ebpf_clippy))
+    let mut ebpf_clippy = ebpf::cargo(root, "clippy");
+    ebpf_clippy.args(deny);
+    cmd::run(&mut ebpf_clippy)
         .context("clippy found warnings in procmon-ebpf (nightly, bpfel-unknown-none)")
 }
 
