@@ -558,7 +558,8 @@ export PROCMON_BIN={agent}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
+# NB: no tmpfs over /tmp: the initramfs (itself in memory, writable) holds the binaries at
+# their host paths, and a checkout under /tmp (CI's clone may be one) would be hidden.
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 # Cgroup v2 only: 6.12 onwards builds no v1 memory controller, and one hierarchy on
