@@ -462,6 +462,21 @@ fn self_test(root: &Path, artifacts: &Artifacts, spec: kernels::Spec) -> Result<
              the harness cannot fail, or the patch no longer breaks the agent"
         );
     }
+    // Red for the planted reason, not because the guest could not run its tests at all (a
+    // harness bug would make this self-test pass too).
+    let console = fs::read(&result.console)
+        .with_context(|| format!("reading {}", result.console.display()))?;
+    if !console
+        .windows(BROKEN_PROBE.len())
+        .any(|w| w == BROKEN_PROBE)
+    {
+        print_tail(&result);
+        bail!(
+            "self-test: the broken guest failed, but not because of the planted fault (the \
+             agent never named `{}`): the harness itself is broken",
+            String::from_utf8_lossy(BROKEN_PROBE)
+        );
+    }
     Ok(result.failed_tests())
 }
 
