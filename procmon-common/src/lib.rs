@@ -127,8 +127,11 @@ pub mod stat {
     /// A process exit whose `sched_process_exit` run the kernel skipped (the program was
     /// preempted on that CPU by another exiting task) was recovered at the final switch.
     pub const EXIT_RECOVERED: u32 = 8;
+    /// A process fork whose `sched_process_fork` run the kernel skipped was sent from
+    /// `sched_wakeup_new` instead.
+    pub const FORK_RECOVERED: u32 = 9;
     /// Number of entries in the map.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 #[repr(C)]

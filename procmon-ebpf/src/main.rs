@@ -22,7 +22,7 @@ mod task;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use procmon_common::{stat, ExitRecord, KernelOffsets, ProbeConfig};
 
@@ -44,6 +44,10 @@ static PENDING_EXITS: HashMap<u32, ExitRecord> = HashMap::with_max_entries(16384
 /// skipped by the kernel (probes/switch.rs).
 #[map]
 static THREAD_EXITS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Children whose fork was traced, by pid, until their `sched_wakeup_new` (probes/fork.rs).
+#[map]
+static FORKS_TRACED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Whether each exiting thread is its group's last, by tid, as `taskstats_exit()` is told
 /// (probes/exit.rs): written just before, and taken at, the thread's `sched_process_exit`.

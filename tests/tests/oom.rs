@@ -162,7 +162,13 @@ fn oom_kill_in_a_memory_cgroup_is_reported_like_the_kernel_does() {
         1,
         "ancestry reaches init: {o}"
     );
-    assert!(o.get("last_sample").is_some_and(Value::is_null), "{o}");
+    // The victim usually dies before a sample pass sees it (null); under slow emulation one
+    // may: then it is a sample of this victim, within the limit.
+    let last = &o["last_sample"];
+    assert!(
+        last.is_null() || last["rss_bytes"].as_u64().is_some_and(|b| b <= LIMIT_BYTES),
+        "last_sample in {o}"
+    );
 
     let exits = events_for(&events, "exit", victim);
     assert_eq!(exits.len(), 1, "one exit for the victim: {exits:#?}");

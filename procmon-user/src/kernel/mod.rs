@@ -99,8 +99,10 @@ pub const SAMPLE_PROGRAM: &str = "sample_tasks";
 
 /// sched_switch completes exit records at the dying thread's last context switch
 /// (procmon-ebpf/src/probes/switch.rs); it is attached first so no exit waits forever.
-pub const PROGRAMS: [&str; 5] = [
+pub const PROGRAMS: [&str; 6] = [
     "sched_switch",
+    // Before the fork probe: it is the fallback for forks whose run the kernel skipped.
+    "sched_wakeup_new",
     "sched_process_fork",
     "sched_process_exec",
     "sched_process_exit",

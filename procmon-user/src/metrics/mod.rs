@@ -250,7 +250,7 @@ const fn family(
 }
 
 /// Everything [`StateCollector`] produces, in output order.
-const FAMILIES: [Family; 10] = [
+const FAMILIES: [Family; 11] = [
     family("procmon_processes_live", Kind::Gauge, &[], "Live processes known to the process tree."),
     family("procmon_tree_processes", Kind::Gauge, &[], "Entries tracked by the process tree."),
     family("procmon_tree_evictions_total", Kind::Counter, &[], "Tree entries evicted because the tree reached --max-processes."),
@@ -260,6 +260,7 @@ const FAMILIES: [Family; 10] = [
     family("procmon_kernel_thread_exits_total", Kind::Counter, &[], "Thread (not process) exits seen by the exit probe."),
     family("procmon_kernel_exits_not_deferred_total", Kind::Counter, &[], "Exit records sent before the exit path finished (pending-exit map full): their CPU time is slightly low."),
     family("procmon_kernel_exits_recovered_total", Kind::Counter, &[], "Process exits whose exit-tracepoint run the kernel skipped (see procmon_kernel_program_misses_total), recovered at the process's final context switch: exact CPU, peak RSS from the kernel's maxrss."),
+    family("procmon_kernel_forks_recovered_total", Kind::Counter, &[], "Process forks whose fork-tracepoint run the kernel skipped (see procmon_kernel_program_misses_total), sent from the child's first wakeup instead."),
     family("procmon_kernel_program_misses_total", Kind::Counter, &["program"], "Runs of a probe the kernel skipped because the same program was already running, preempted, on that CPU: those events were never seen."),
 ];
 
@@ -301,7 +302,7 @@ impl Collector for StateCollector {
         let s = self.source.snapshot();
         let k = |i: u32| s.kernel[i as usize];
         let labels = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let rows: [Rows; 10] = [
+        let rows: [Rows; 11] = [
             one(s.live_processes),
             one(s.tracked_processes),
             one(s.tree.evictions),
@@ -345,6 +346,7 @@ impl Collector for StateCollector {
             one(k(stat::THREAD_EXITS)),
             one(k(stat::EXIT_NOT_DEFERRED)),
             one(k(stat::EXIT_RECOVERED)),
+            one(k(stat::FORK_RECOVERED)),
             s.program_misses
                 .iter()
                 .map(|(program, misses)| (labels(&[program]), *misses as f64))

@@ -37,9 +37,9 @@ const SUITE: [(&str, &str); 6] = [
 
 /// Bounds one guest, boot to poweroff. Generous: TCG runs a guest several times slower
 /// than the host, and a guest that never reports `done` fails anyway.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const GUEST_TIMEOUT: Duration = Duration::from_secs(8 * 60);
 /// Bounds one test inside the guest, so a hung test still leaves time for the others.
-const TEST_TIMEOUT_SECS: u32 = 300;
+const TEST_TIMEOUT_SECS: u32 = 120;
 /// Console lines shown for a failed guest.
 const TAIL_LINES: usize = 150;
 
@@ -222,6 +222,8 @@ struct GuestResult {
     timed_out: bool,
     wall: Duration,
     console: PathBuf,
+    /// Booted a second time because the first guest never reported `done` (see `matrix`).
+    retried: bool,
 }
 
 impl GuestResult {
@@ -236,6 +238,7 @@ impl GuestResult {
             timed_out: false,
             wall: Duration::ZERO,
             console: PathBuf::new(),
+            retried: false,
         }
     }
 
@@ -278,7 +281,25 @@ fn matrix(root: &Path, artifacts: &Artifacts, specs: &[kernels::Spec]) -> Result
             "\n--- kernel {}: {} {}",
             kernel.name, kernel.package, kernel.version
         );
-        results.push(boot(&vm.join(spec.name), kernel, &initrd)?);
+        let mut result = boot(&vm.join(spec.name), kernel.clone(), &initrd)?;
+        if !result.done {
+            // NB: the emulator, not the guest suite: multi-threaded TCG has wedged a guest
+            // (5.10, both vCPUs spinning after an OOM kill, once in about ten runs) and oopsed
+            // one (7.3, see kernels.rs). A guest that never reports `done` is booted once more
+            // with both vCPUs on one host thread; a test that reports a failure is not retried.
+            eprintln!(
+                "kernel {}: the guest never reported `done` (console kept as console-1.log); \
+                 booting it once more on one TCG thread",
+                spec.name
+            );
+            let dir = vm.join(spec.name);
+            let _ = fs::rename(dir.join("console.log"), dir.join("console-1.log"));
+            let mut single = kernel;
+            single.single_tcg_thread = true;
+            result = boot(&dir, single, &initrd)?;
+            result.retried = true;
+        }
+        results.push(result);
     }
     print_table(&results);
     for r in results.iter().filter(|r| !r.passed()) {
@@ -310,6 +331,7 @@ fn boot(dir: &Path, kernel: kernels::Kernel, initrd: &Path) -> Result<GuestResul
         timed_out: boot.timed_out,
         wall: boot.wall,
         console,
+        retried: false,
     };
     for line in text.lines() {
         let Some(i) = line.find(qemu::MARKER) else {
@@ -352,7 +374,9 @@ fn print_table(results: &[GuestResult]) {
             };
             let _ = write!(out, " {cell:>12}");
         }
-        let verdict = if r.passed() {
+        let verdict = if r.passed() && r.retried {
+            "PASS (second boot, one TCG thread)".to_string()
+        } else if r.passed() {
             "PASS".to_string()
         } else if r.download_error.is_some() {
             "FAIL (kernel download failed)".to_string()
