@@ -130,8 +130,15 @@ pub mod stat {
     /// A process fork whose `sched_process_fork` run the kernel skipped was sent from
     /// `sched_wakeup_new` instead.
     pub const FORK_RECOVERED: u32 = 9;
+    /// CPU samples taken (`perf_event` program, idle CPUs excluded).
+    pub const CPU_SAMPLES: u32 = 10;
+    /// A sample's stack hashed to a stack-map slot held by another stack (`-EEXIST`): the
+    /// sample is counted with that stack unknown. Many mean the map is too small.
+    pub const STACK_COLLISIONS: u32 = 11;
+    /// A sample could not be counted: the sample-count map was full for its window.
+    pub const SAMPLES_FULL: u32 = 12;
     /// Number of entries in the map.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 13;
 }
 
 #[repr(C)]
@@ -383,6 +390,32 @@ pub struct TaskSample {
 
 const _: () = assert!(size_of::<TaskSample>() == 48);
 
+/// Key of the in-kernel CPU sample counts (`SAMPLES` map): one count per process, stack pair
+/// and window. Stack ids index the window's stack-trace map; a negative id is `-errno` from
+/// `bpf_get_stackid` (`-EFAULT` for the user stack of a kernel thread, `-EEXIST` on a
+/// collision), and a kernel stack id is negative for every sample taken in user mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    pub pid: u32,
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+    /// Which of the two windows (0 or 1) the sample belongs to (see [`profile_window`]).
+    pub window: u32,
+}
+
+const _: () = assert!(size_of::<SampleKey>() == 16);
+
+/// CPU sampling is drained by flipping windows: the probe writes the window that
+/// `PROFILE_WINDOW[0]` names, into that window's stack map; the agent flips it, then reads and
+/// clears the other one, which nothing writes any more. Each window's stack map starts
+/// empty, so stack ids never alias across windows.
+pub mod profile_window {
+    /// Entries of the sample-count map per stack-map entry: each window holds at most one
+    /// count per (process, stack pair).
+    pub const COUNTS_PER_STACK: u32 = 2;
+}
+
 /// Kernel struct member offsets, resolved from the running kernel's BTF at startup and handed
 /// to the probes as a load-time global (`OFFSETS`). Rust eBPF emits no CO-RE relocations, so
 /// offsets compiled in from one kernel's headers would be silently wrong on another.
@@ -485,6 +518,9 @@ mod pod {
     // SAFETY: repr(C) with a single u64 field (size 8, asserted above): no padding, and every
     // bit pattern is a valid value.
     unsafe impl aya::Pod for super::ProbeConfig {}
+    // SAFETY: repr(C), four 4-byte integers (size 16, asserted above): no padding, and every
+    // bit pattern is a valid value.
+    unsafe impl aya::Pod for super::SampleKey {}
 }
 
 #[cfg(test)]

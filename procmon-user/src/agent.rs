@@ -24,14 +24,19 @@ use tokio::{io::AsyncWrite, net::TcpListener, sync::watch, task::JoinHandle};
 use crate::{
     attribution::ProcessTree,
     attribution::{Attribution, AttributionConfig},
-    clock::boottime_ns,
+    clock::{boottime_ns, WallClock},
     events::hub::Hub,
     events::sink,
     events::EventKind,
     ingest::{DecodeErrors, Ingest},
-    kernel::{self, sampler::Sampler},
+    kernel::{self, perf::CpuSampling, sampler::Sampler},
     metrics::{HealthSnapshot, HealthSource, Metrics},
     procfs::{self, PROC},
+    profile::{
+        self,
+        symbolize::{SymbolizeOptions, SymbolizerHandle},
+        PeggedReport, ProfileConfig, ProfileState,
+    },
     state::Shared,
 };
 
@@ -44,6 +49,7 @@ pub struct PipelineConfig {
     /// Recent events kept for /events clients that ask for them.
     pub history: usize,
     pub attribution: AttributionConfig,
+    pub profile: ProfileConfig,
 }
 
 /// Events buffered for each slow consumer (the events file, each /events client) before it
@@ -61,6 +67,7 @@ pub struct Pipeline {
     stop: watch::Sender<bool>,
     reader: JoinHandle<std::io::Result<()>>,
     sampler: JoinHandle<Sampler>,
+    profiler: Option<JoinHandle<CpuSampling>>,
     reconciler: JoinHandle<()>,
     sink: Option<JoinHandle<std::io::Result<()>>>,
     http: Option<JoinHandle<std::io::Result<()>>>,
@@ -78,8 +85,13 @@ impl Pipeline {
             stats,
             features,
             program_fds,
+            cpu,
         } = kernel::load(&kernel::LoadConfig {
             ringbuf_bytes: cfg.ringbuf_bytes,
+            profile: (cfg.profile.hz > 0).then_some(kernel::ProfileLoad {
+                hz: cfg.profile.hz,
+                drain: cfg.profile.drain,
+            }),
         })?;
         let mut sampler = Sampler::new(ebpf);
         let mut tree = ProcessTree::new(cfg.max_processes);
@@ -89,10 +101,17 @@ impl Pipeline {
         let mut attribution = Attribution::new(cfg.attribution);
         attribution.seed(&mut tree);
         let shared = Arc::new(Shared::new(tree, attribution));
+        shared.lock().profile = ProfileState::new(&cfg.profile);
         resolve_cgroups(&shared, usize::MAX).await;
         // A first sample, so live ratios have a baseline one interval from now.
         sample_once(&mut sampler, &shared, None).await;
 
+        let symbolizer = cpu.as_ref().map(|_| {
+            SymbolizerHandle::spawn(SymbolizeOptions {
+                debug_syms: cfg.profile.debug_syms,
+                ..Default::default()
+            })
+        });
         let decode_errors = Arc::new(DecodeErrors::default());
         let sink_lagged = Arc::new(AtomicU64::new(0));
         let source = Arc::new(AgentHealth {
@@ -101,6 +120,7 @@ impl Pipeline {
             program_fds,
             decode_errors: decode_errors.clone(),
             sink_lagged: sink_lagged.clone(),
+            symbolizer: symbolizer.clone(),
         });
         let metrics = Arc::new(Metrics::new(source));
         for feature in kernel::Feature::ALL {
@@ -134,9 +154,19 @@ impl Pipeline {
             sampler,
             shared.clone(),
             metrics.clone(),
+            hub.clone(),
             cfg.sample_interval,
             stop_rx.clone(),
         ));
+        let profiler = cpu.zip(symbolizer).map(|(cpu, symbolizer)| {
+            tokio::spawn(drain_periodically(
+                cpu,
+                symbolizer,
+                shared.clone(),
+                cfg.profile.drain,
+                stop_rx.clone(),
+            ))
+        });
         let reconciler = tokio::spawn(reconcile_periodically(
             shared.clone(),
             cfg.reconcile_interval,
@@ -164,6 +194,7 @@ impl Pipeline {
             stop,
             reader,
             sampler,
+            profiler,
             reconciler,
             sink,
             http,
@@ -175,6 +206,10 @@ impl Pipeline {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         let sampler = self.sampler.await?;
+        let profiler = match self.profiler {
+            Some(p) => Some(p.await?),
+            None => None,
+        };
         self.reader.await?.context("ring-buffer reader failed")?;
         // After the last drain: every consumer's stream ends once it has read what is left.
         self.hub.close();
@@ -190,6 +225,7 @@ impl Pipeline {
                 Err(_) => http.abort(),
             }
         }
+        drop(profiler);
         drop(sampler.into_inner());
         Ok(())
     }
@@ -219,8 +255,14 @@ pub async fn open_events(path: &PathBuf) -> anyhow::Result<Box<dyn AsyncWrite + 
     Ok(Box::new(file))
 }
 
-/// One sampling round: the task iterator pass, then the live sums under the lock.
-async fn sample_once(sampler: &mut Sampler, shared: &Arc<Shared>, metrics: Option<&Metrics>) {
+/// One sampling round: the task iterator pass, then the live sums under the lock, then
+/// pegged processes found or cleared.
+async fn sample_once(
+    sampler: &mut Sampler,
+    shared: &Arc<Shared>,
+    report: Option<(&Metrics, &Hub)>,
+) {
+    let metrics = report.map(|(m, _)| m);
     let started = Instant::now();
     // The pass is a few syscalls and a copy: cheaper inline than a blocking-pool hop.
     let samples = match sampler.sample() {
@@ -234,11 +276,27 @@ async fn sample_once(sampler: &mut Sampler, shared: &Arc<Shared>, metrics: Optio
         m.sample_duration.observe(started.elapsed().as_secs_f64());
     }
     let now = boottime_ns();
-    let snapshot = {
+    let (snapshot, pegged) = {
         let mut state = shared.lock();
         state.apply_samples(&samples, now);
-        state.attribution.snapshot(now)
+        let state = &mut *state;
+        let transitions = state.profile.on_sample_pass(&state.tree, now);
+        let clock = WallClock::now();
+        let pegged: Vec<PeggedReport> = transitions
+            .iter()
+            .map(|t| profile::render_transition(t, state, &clock, now))
+            .collect();
+        (state.attribution.snapshot(now), pegged)
     };
+    if let Some((m, hub)) = report {
+        for p in pegged {
+            if p.pegged {
+                let label = shared.lock().attribution.admit_workload(p.workload);
+                m.cpu_pegged.with_label_values(&[label.as_str()]).inc();
+            }
+            hub.publish(p.msg);
+        }
+    }
     // Rendered outside the lock: tens of thousands of series take milliseconds.
     if let Some(m) = metrics {
         m.attribution.update(&snapshot);
@@ -249,6 +307,7 @@ async fn sample_periodically(
     mut sampler: Sampler,
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Sampler {
@@ -260,8 +319,36 @@ async fn sample_periodically(
             _ = stop.changed() => return sampler,
             _ = tick.tick() => {}
         }
-        sample_once(&mut sampler, &shared, Some(&metrics)).await;
+        sample_once(&mut sampler, &shared, Some((&metrics, &hub))).await;
         resolve_cgroups(&shared, CGROUP_READS_PER_ROUND).await;
+    }
+}
+
+/// Drains the CPU sampler's counts and symbolizes them while the processes live. On stop,
+/// one last drain, so a short `procmon profile` loses nothing of its final moments.
+async fn drain_periodically(
+    mut cpu: CpuSampling,
+    symbolizer: SymbolizerHandle,
+    shared: Arc<Shared>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> CpuSampling {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.changed() => true,
+            _ = tick.tick() => false,
+        };
+        for pid in shared.lock().profile.take_forgotten() {
+            symbolizer.forget(pid);
+        }
+        let sampled = profile::collect::drain(&mut cpu, &symbolizer).await;
+        shared.lock().record_cpu_samples(&sampled, boottime_ns());
+        if stopping {
+            return cpu;
+        }
     }
 }
 
@@ -333,13 +420,23 @@ struct AgentHealth {
     program_fds: Vec<(&'static str, std::os::fd::OwnedFd)>,
     decode_errors: Arc<DecodeErrors>,
     sink_lagged: Arc<AtomicU64>,
+    symbolizer: Option<SymbolizerHandle>,
 }
 
 impl HealthSource for AgentHealth {
     fn snapshot(&self) -> HealthSnapshot {
-        let (live, tree) = {
+        let (live, tree, profile) = {
             let state = self.shared.lock();
-            (state.tree.len() as u64, state.tree.stats())
+            let p = &state.profile;
+            (
+                state.tree.len() as u64,
+                state.tree.stats(),
+                (
+                    p.pegged.pegged_now() as u64,
+                    p.recent.len() as u64,
+                    p.recent.evicted,
+                ),
+            )
         };
         HealthSnapshot {
             live_processes: live,
@@ -348,6 +445,14 @@ impl HealthSource for AgentHealth {
             kernel: kernel::read_stats(&self.stats.lock().unwrap_or_else(|e| e.into_inner())),
             decode_errors: self.decode_errors.each_ref().map(|n| n.load(Relaxed)),
             sink_lagged: self.sink_lagged.load(Relaxed),
+            pegged_now: profile.0,
+            profiled_processes: profile.1,
+            profile_evictions: profile.2,
+            symbolizer: self
+                .symbolizer
+                .as_ref()
+                .map(SymbolizerHandle::stats)
+                .unwrap_or_default(),
             program_misses: self
                 .program_fds
                 .iter()

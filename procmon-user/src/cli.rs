@@ -10,6 +10,7 @@ use crate::{
     agent::PipelineConfig,
     attribution::{AttributionConfig, Selector},
     events::EventKind,
+    profile::{pegged::PeggedConfig, ProfileConfig},
 };
 
 #[derive(Parser)]
@@ -29,6 +30,47 @@ pub enum Command {
     Agent(AgentArgs),
     /// Run a command and report every process it spawned: CPU, peak RSS, lifetime, outcome.
     Run(RunArgs),
+    /// Sample where a running process (and optionally its children) spends CPU; write folded
+    /// stacks, an SVG flame graph or JSON.
+    Profile(ProfileArgs),
+}
+
+#[derive(Args)]
+pub struct ProfileArgs {
+    /// The process to profile.
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: u32,
+    /// Also profile its descendants, including those that start during the profile.
+    #[arg(long)]
+    pub children: bool,
+    /// How long to sample.
+    #[arg(long, value_name = "N", default_value = "10", value_parser = parse_seconds)]
+    pub seconds: f64,
+    /// Samples per second per CPU.
+    #[arg(long, value_name = "HZ", default_value = "99", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub hz: u64,
+    /// Output format: folded stacks (for flame graph tools), an SVG flame graph, or JSON.
+    #[arg(long, value_enum, default_value = "folded")]
+    pub format: ProfileFormat,
+    /// Write to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProfileFormat {
+    Folded,
+    Svg,
+    Json,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 && n <= 86_400.0 => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds between 0 and 86400"
+        )),
+    }
 }
 
 #[derive(Args)]
@@ -58,7 +100,7 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-#[derive(Args)]
+#[derive(Args, Default)]
 pub struct CommonArgs {
     /// Read settings from a TOML file; flags given here override it.
     #[arg(long, value_name = "FILE")]
@@ -68,7 +110,7 @@ pub struct CommonArgs {
     #[arg(long = "watch", value_name = "SELECTOR")]
     pub watch: Vec<Selector>,
     /// Event kinds to write with --events, comma-separated (fork, exec, exit, oom_kill,
-    /// crash) [default: all]
+    /// crash, cpu_pegged, cpu_pegged_cleared) [default: all]
     #[arg(long, value_name = "KINDS", value_delimiter = ',')]
     pub event_kinds: Option<Vec<EventKind>>,
     /// Recent events kept for /events clients that ask for them (?since=SEQ,
@@ -96,6 +138,16 @@ pub struct CommonArgs {
     /// Kernel ring-buffer size in bytes: a power of two, 64 KiB to 1 GiB [default: 8388608]
     #[arg(long, value_name = "BYTES", value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: Option<u32>,
+    /// CPU samples per second per CPU for recent stacks (cpu_pegged, crash and oom_kill
+    /// events); 0 turns sampling off [default: 19]
+    #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub profile_hz: Option<u64>,
+    /// CPU use, in cores, at or above which a process counts as pegged [default: 0.95]
+    #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
+    pub pegged_ratio: Option<f64>,
+    /// How long a process must stay pegged before a cpu_pegged event [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_pegged_for)]
+    pub pegged_for: Option<Duration>,
 }
 
 /// The config file: the same settings as the flags, by the same names with `_`.
@@ -115,6 +167,9 @@ pub struct ConfigFile {
     pub max_processes: Option<u64>,
     pub reconcile_interval: Option<String>,
     pub ringbuf_bytes: Option<u32>,
+    pub profile_hz: Option<u64>,
+    pub pegged_ratio: Option<f64>,
+    pub pegged_for: Option<String>,
 }
 
 /// Settings resolved from flags, config file and defaults.
@@ -212,6 +267,29 @@ impl CommonArgs {
                 parse_reconcile_interval,
             )?)
             .unwrap_or(Duration::from_secs(30));
+        let defaults = ProfileConfig::default();
+        let profile_hz = match (self.profile_hz, file.profile_hz) {
+            (Some(n), _) => n,
+            (None, Some(n)) if n <= 100_000 => n,
+            (None, Some(_)) => {
+                return Err(SettingsError::key(
+                    "profile_hz",
+                    "must be between 0 and 100000",
+                ))
+            }
+            (None, None) => defaults.hz,
+        };
+        let pegged_ratio = match (self.pegged_ratio, file.pegged_ratio) {
+            (Some(r), _) => r,
+            (None, Some(r)) => {
+                parse_ratio(&r.to_string()).map_err(|e| SettingsError::key("pegged_ratio", e))?
+            }
+            (None, None) => defaults.pegged.ratio,
+        };
+        let pegged_for = self
+            .pegged_for
+            .or(from_file("pegged_for", &file.pegged_for, parse_pegged_for)?)
+            .unwrap_or(defaults.pegged.hold);
         Ok(Settings {
             listen,
             events: events.or(file.events),
@@ -231,6 +309,14 @@ impl CommonArgs {
                         .unwrap_or(1000) as usize,
                     max_workloads: self.max_workloads.or(file.max_workloads).unwrap_or(500)
                         as usize,
+                },
+                profile: ProfileConfig {
+                    hz: profile_hz,
+                    pegged: PeggedConfig {
+                        ratio: pegged_ratio,
+                        hold: pegged_for,
+                    },
+                    ..defaults
                 },
             },
         })
@@ -272,6 +358,8 @@ pub enum ValueError {
     ByteCount(String),
     #[error("must be a power of two between 65536 and 1073741824")]
     RingbufSize,
+    #[error("`{0}` is not a CPU ratio: give cores as a number above 0, e.g. 0.95 or 2")]
+    Ratio(String),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, ValueError> {
@@ -287,6 +375,24 @@ fn parse_sample_interval(s: &str) -> Result<Duration, ValueError> {
         return Err(ValueError::TooShort {
             input: s.to_string(),
             min: "100ms",
+        });
+    }
+    Ok(d)
+}
+
+fn parse_ratio(s: &str) -> Result<f64, ValueError> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 4096.0 => Ok(r),
+        _ => Err(ValueError::Ratio(s.to_string())),
+    }
+}
+
+fn parse_pegged_for(s: &str) -> Result<Duration, ValueError> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(ValueError::TooShort {
+            input: s.to_string(),
+            min: "1s",
         });
     }
     Ok(d)
@@ -322,7 +428,7 @@ mod tests {
         argv.extend(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Agent(a) => a.common,
-            Command::Run(_) => unreachable!(),
+            Command::Run(_) | Command::Profile(_) => unreachable!(),
         }
     }
 
@@ -389,6 +495,9 @@ mod tests {
             ("sample_interval = \"10ms\"\n", "config `sample_interval`"),
             ("ringbuf_bytes = 1000\n", "config `ringbuf_bytes`"),
             ("listen = \"nope\"\n", "config `listen`"),
+            ("pegged_ratio = -1.0\n", "config `pegged_ratio`"),
+            ("pegged_for = \"10ms\"\n", "config `pegged_for`"),
+            ("profile_hz = 200000\n", "config `profile_hz`"),
         ] {
             let (_g, path) = config(text);
             let err = common(&["--config", &path])
@@ -407,11 +516,40 @@ mod tests {
     }
 
     #[test]
+    fn profile_settings_resolve_from_flags_and_file() {
+        let (_g, path) = config("profile_hz = 0\npegged_ratio = 2.0\npegged_for = \"1m\"\n");
+        let s = common(&["--config", &path, "--pegged-for", "5s"])
+            .resolve(None, None)
+            .unwrap();
+        let p = s.pipeline.profile;
+        assert_eq!(p.hz, 0);
+        assert_eq!(p.pegged.ratio, 2.0);
+        assert_eq!(p.pegged.hold, Duration::from_secs(5));
+        let d = common(&[]).resolve(None, None).unwrap().pipeline.profile;
+        assert_eq!((d.hz, d.pegged.ratio), (19, 0.95));
+        for args in [
+            &["profile", "--pid", "0"][..],
+            &["profile", "--pid", "1", "--seconds", "0"],
+            &["profile", "--pid", "1", "--format", "png"],
+            &["profile", "--pid", "1", "--hz", "0"],
+            &["profile"],
+        ] {
+            let mut argv = vec!["procmon"];
+            argv.extend(args);
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
     fn bad_flags_are_rejected_by_the_parser() {
         for args in [
             &["--watch", "bogus"][..],
             &["--sample-interval", "1ms"],
             &["--ringbuf-bytes", "1000"],
+            &["--pegged-ratio", "0"],
+            &["--pegged-ratio", "NaN"],
+            &["--pegged-for", "100ms"],
+            &["--profile-hz", "-1"],
         ] {
             let mut argv = vec!["procmon", "agent"];
             argv.extend(args);

@@ -299,6 +299,12 @@ impl Batch<'_> {
                 ancestry.as_deref().unwrap_or_default(),
                 process,
                 r.time_ns,
+                self.state.profile.recent.flight_record(
+                    r.pid,
+                    r.start_ns,
+                    r.time_ns,
+                    crate::profile::TOP_STACKS,
+                ),
             ));
         }
     }
@@ -316,6 +322,7 @@ impl Batch<'_> {
         if self.render {
             let seen = oom::Seen {
                 tree: &self.state.tree,
+                recent: &self.state.profile.recent,
                 proc_root: &self.ingest.proc_root,
                 clock: &self.clock,
             };

@@ -17,6 +17,7 @@ mod kernel;
 mod logging;
 mod metrics;
 mod procfs;
+mod profile;
 mod record;
 mod run;
 mod state;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
             Ok(settings) => run_async(run::execute(settings, r.command, r.json)),
             Err(e) => return usage_error(&e.to_string()),
         },
+        Command::Profile(p) => run_async(profile::command::profile(p)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -13,6 +13,7 @@ use procmon_common::{ExecRecord, ExitRecord, ForkRecord};
 
 use crate::{
     attribution::{Attribution, ProcessSample, ProcessTree, TrackedProcess},
+    profile::{collect::Sampled, ProfileState},
     record::{peak_rss_bytes, Record},
     tree::Comm,
 };
@@ -23,6 +24,8 @@ pub trait Observer: Send {
     fn on_exec(&mut self, tree: &ProcessTree, pid: u32);
     /// `gone` is the process as the tree knew it, if it did.
     fn on_exit(&mut self, gone: Option<&TrackedProcess>, r: &ExitRecord);
+    /// A drain of CPU samples (`procmon profile` collects them).
+    fn on_cpu_samples(&mut self, _tree: &ProcessTree, _sampled: &[Sampled]) {}
 }
 
 /// What applying a record changed, for the ingest path to count and render.
@@ -44,6 +47,8 @@ pub enum Applied {
 pub struct State {
     pub tree: ProcessTree,
     pub attribution: Attribution,
+    /// Recent stacks and pegged processes (profile/).
+    pub profile: ProfileState,
     observer: Option<Box<dyn Observer>>,
 }
 
@@ -52,6 +57,7 @@ impl State {
         State {
             tree,
             attribution,
+            profile: ProfileState::default(),
             observer: None,
         }
     }
@@ -88,6 +94,7 @@ impl State {
     fn apply_exec(&mut self, r: &ExecRecord) -> Option<Comm> {
         let old_comm = self.tree.on_exec(r);
         self.attribution.on_exec(&mut self.tree, r.pid);
+        self.profile.on_exec(r.pid);
         if let Some(o) = &mut self.observer {
             o.on_exec(&self.tree, r.pid);
         }
@@ -115,6 +122,14 @@ impl State {
     pub fn apply_samples(&mut self, samples: &HashMap<u32, ProcessSample>, now_ns: u64) {
         self.attribution
             .apply_samples(&mut self.tree, samples, now_ns);
+    }
+
+    /// A drain of CPU samples, symbolized.
+    pub fn record_cpu_samples(&mut self, sampled: &[Sampled], now_ns: u64) {
+        self.profile.record(&self.tree, sampled, now_ns);
+        if let Some(o) = &mut self.observer {
+            o.on_cpu_samples(&self.tree, sampled);
+        }
     }
 
     /// The memory cgroup read from /proc for a process.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod hot;
 pub mod http;
 pub mod kmsg;
 pub mod memcg;

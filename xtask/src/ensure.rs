@@ -38,8 +38,9 @@ impl Need {
             ),
             Need::Agent | Need::Lint => (&[], ""),
             Need::Tests => (
-                &["prometheus", "make"],
-                "the end-to-end tests check /metrics with promtool and trace a make -j2 build",
+                &["prometheus", "make", "nodejs"],
+                "the end-to-end tests check /metrics with promtool, trace a make -j2 build and \
+                 profile a JIT runtime (node --perf-basic-prof)",
             ),
             Need::Bench => (
                 &["stress-ng", "bpftool", "prometheus-process-exporter"],

@@ -3,5 +3,6 @@ pub mod exec;
 pub mod exit;
 pub mod fork;
 pub mod oom;
+pub mod profile;
 pub mod sample;
 pub mod switch;

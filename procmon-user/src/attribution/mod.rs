@@ -145,6 +145,11 @@ impl Attribution {
         self.units.get(&id)
     }
 
+    /// The exported workload label of a process's workload id.
+    pub fn workload_name(&self, id: WorkloadId) -> &str {
+        self.workloads.name(id)
+    }
+
     pub fn workloads(&self) -> impl Iterator<Item = (&str, &WorkloadStats)> {
         self.workload_stats
             .iter()

@@ -5,6 +5,7 @@ use crate::{
     attribution::TrackedProcess,
     deaths::Death,
     events::{self, Ancestor, EventKind, EventMsg, ExitFields},
+    profile::recent::FlightRecord,
 };
 
 /// The `crash` event of a death: its exit event's fields, plus where it ran and who
@@ -16,6 +17,7 @@ pub fn crash_event(
     ancestry: &[Ancestor],
     process: Option<&TrackedProcess>,
     death_ns: u64,
+    recent: Option<FlightRecord>,
 ) -> EventMsg {
     let mut event = exit.event();
     event.kind = EventKind::Crash;
@@ -27,6 +29,7 @@ pub fn crash_event(
             workload,
             ancestry,
             last_sample: super::last_sample(process, death_ns),
+            recent,
         },
     )
 }

@@ -36,6 +36,7 @@ pub fn constraint_source(flags: u32) -> Option<&'static str> {
 /// and the wall clock of the batch.
 pub struct Seen<'a> {
     pub tree: &'a ProcessTree,
+    pub recent: &'a crate::profile::recent::Recent,
     pub proc_root: &'a Path,
     pub clock: &'a WallClock,
 }
@@ -94,6 +95,12 @@ pub fn render_oom_kill(
             oom_score_adj: r.oom_score_adj,
             ancestry: &ancestry,
             last_sample: super::last_sample(seen.tree.get_exact(r.pid, r.start_ns), r.time_ns),
+            recent: seen.recent.flight_record(
+                r.pid,
+                r.start_ns,
+                r.time_ns,
+                crate::profile::TOP_STACKS,
+            ),
         },
     )
 }

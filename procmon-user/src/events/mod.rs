@@ -11,6 +11,8 @@ use bytes::Bytes;
 use procmon_common::{signal, wait_status, CRASH_SIGNALS};
 use serde::Serialize;
 
+use crate::profile::recent::{FlightRecord, TopStack};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -19,15 +21,19 @@ pub enum EventKind {
     Exit,
     OomKill,
     Crash,
+    CpuPegged,
+    CpuPeggedCleared,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Fork,
         EventKind::Exec,
         EventKind::Exit,
         EventKind::OomKill,
         EventKind::Crash,
+        EventKind::CpuPegged,
+        EventKind::CpuPeggedCleared,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +43,8 @@ impl EventKind {
             EventKind::Exit => "exit",
             EventKind::OomKill => "oom_kill",
             EventKind::Crash => "crash",
+            EventKind::CpuPegged => "cpu_pegged",
+            EventKind::CpuPeggedCleared => "cpu_pegged_cleared",
         }
     }
 
@@ -51,7 +59,7 @@ impl EventKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown event kind `{0}` (expected fork, exec, exit, oom_kill or crash)")]
+#[error("unknown event kind `{0}` (expected fork, exec, exit, oom_kill, crash, cpu_pegged or cpu_pegged_cleared)")]
 pub struct UnknownEventKind(pub String);
 
 impl std::str::FromStr for EventKind {
@@ -247,6 +255,8 @@ pub struct OomKillEvent<'a> {
     pub ancestry: &'a [Ancestor],
     /// The victim's last sampled CPU/RSS (null if it never lived through a sample).
     pub last_sample: Option<LastSample>,
+    /// Its recent stacks and CPU/RSS trajectory (null unless CPU sampling caught it).
+    pub recent: Option<FlightRecord>,
 }
 
 /// A process died of a crash signal or was OOM-killed: its exit event's fields, plus where
@@ -260,6 +270,46 @@ pub struct CrashEvent<'a> {
     pub ancestry: &'a [Ancestor],
     /// The process's last sampled CPU/RSS (null if it never lived through a sample).
     pub last_sample: Option<LastSample>,
+    /// Its recent stacks and CPU/RSS trajectory (null unless CPU sampling caught it).
+    pub recent: Option<FlightRecord>,
+}
+
+/// A process has used at least `--pegged-ratio` of a core for `--pegged-for`, with where
+/// its CPU went over that time.
+#[derive(Serialize)]
+pub struct CpuPeggedEvent<'a> {
+    pub kind: EventKind,
+    pub time: &'a str,
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: &'a str,
+    pub exe: Option<&'a str>,
+    pub workload: &'a str,
+    pub ancestry: &'a [Ancestor],
+    /// Average over `pegged_seconds`; 1.0 = one full core.
+    pub cpu_usage_ratio: f64,
+    pub pegged_seconds: f64,
+    /// Sampled stacks over `pegged_seconds`, most samples first (empty with --profile-hz 0).
+    pub top_stacks: &'a [TopStack],
+    /// Set when user stacks are one frame deep: the binary lacks frame pointers.
+    pub note: Option<&'a str>,
+}
+
+/// A process reported `cpu_pegged` no longer is: it calmed down or exited.
+#[derive(Serialize)]
+pub struct CpuPeggedClearedEvent<'a> {
+    pub kind: EventKind,
+    pub time: &'a str,
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: &'a str,
+    pub workload: &'a str,
+    /// `calmed` or `exited`.
+    pub reason: &'a str,
+    /// How long it was pegged, from when it started to when it stopped.
+    pub pegged_seconds: f64,
+    /// Average over `pegged_seconds` (0 when it exited).
+    pub cpu_usage_ratio: f64,
 }
 
 /// What the sampler last saw of a process: the "last seen RSS" of a post-mortem.
@@ -401,7 +451,7 @@ mod tests {
             .parse::<EventKind>()
             .unwrap_err()
             .to_string()
-            .contains("oom_kill or crash"));
+            .contains("cpu_pegged or cpu_pegged_cleared"));
         assert_eq!(
             EventKind::parse_list("oom_kill, crash,"),
             Ok(vec![EventKind::OomKill, EventKind::Crash])

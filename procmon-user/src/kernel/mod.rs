@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod features;
+pub mod perf;
 pub mod prog_stats;
 pub mod reader;
 pub mod sampler;
@@ -38,6 +39,8 @@ pub enum KernelError {
     },
     #[error("eBPF map {0} is missing or has the wrong type: the embedded object is broken")]
     Map(&'static str),
+    #[error(transparent)]
+    Perf(#[from] perf::PerfError),
     #[error("procmon needs Linux {}.{} or newer (BPF ring buffer, BPF task iterator); this kernel is {release}: upgrade the kernel", features::MINIMUM_KERNEL.0, features::MINIMUM_KERNEL.1)]
     TooOld { release: String },
 }
@@ -80,6 +83,15 @@ pub fn check_privileges() -> Result<(), KernelError> {
 
 pub struct LoadConfig {
     pub ringbuf_bytes: u32,
+    /// CPU sampling, if on.
+    pub profile: Option<ProfileLoad>,
+}
+
+/// CPU sampling at `hz`, drained every `drain` (the map sizes follow from both).
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileLoad {
+    pub hz: u64,
+    pub drain: std::time::Duration,
 }
 
 /// The attached probes and the maps the agent reads. Dropping it detaches everything.
@@ -92,6 +104,8 @@ pub struct Probes {
     pub features: Features,
     /// The lifecycle programs' fds, for their skipped runs (prog_stats.rs).
     pub program_fds: Vec<(&'static str, std::os::fd::OwnedFd)>,
+    /// CPU sampling, when asked for.
+    pub cpu: Option<perf::CpuSampling>,
 }
 
 /// The task iterator used for live sampling (kernel/sampler.rs).
@@ -118,12 +132,22 @@ pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
         // Wake the reader at 1/8 full: bounded wakeups, ample headroom before drops.
         wakeup_bytes: u64::from(cfg.ringbuf_bytes / 8),
     };
-    let mut ebpf = EbpfLoader::new()
+    let profile = cfg.profile.map(clamp_rate);
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&kernel_btf))
         .override_global("OFFSETS", &offsets, true)
         .override_global("CONFIG", &probe_config, true)
-        .map_max_entries("EVENTS", cfg.ringbuf_bytes)
-        .load(aya::include_bytes_aligned!(env!("PROCMON_EBPF_OBJECT")))?;
+        .map_max_entries("EVENTS", cfg.ringbuf_bytes);
+    if let Some(p) = profile {
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        let sizes = perf::MapSizes::for_rate(p.hz, cpus, p.drain);
+        loader
+            .map_max_entries("STACKS_0", sizes.stacks)
+            .map_max_entries("STACKS_1", sizes.stacks)
+            .map_max_entries("SAMPLES", sizes.samples);
+    }
+    let mut ebpf = loader.load(aya::include_bytes_aligned!(env!("PROCMON_EBPF_OBJECT")))?;
     for tracepoint in PROGRAMS {
         let attach = |ebpf: &mut Ebpf| -> Result<(), aya::programs::ProgramError> {
             let program: &mut BtfTracePoint = ebpf
@@ -176,13 +200,29 @@ pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
         .and_then(|m| PerCpuArray::try_from(m).ok())
         .ok_or(KernelError::Map("STATS"))?;
     let program_fds = prog_stats::program_fds(&ebpf, PROGRAMS);
+    let cpu = profile
+        .map(|p| perf::CpuSampling::attach(&mut ebpf, p.hz))
+        .transpose()?;
     Ok(Probes {
         ebpf,
         events,
         stats,
         features,
         program_fds,
+        cpu,
     })
+}
+
+/// Sampling above `kernel.perf_event_max_sample_rate` fails with EINVAL: clamped, and said.
+fn clamp_rate(mut p: ProfileLoad) -> ProfileLoad {
+    if let Some(max) = perf::max_sample_rate().filter(|&max| p.hz > max) {
+        log::warn!(
+            "sampling at {max} Hz instead of {} Hz: the kernel allows at most {max} (kernel.perf_event_max_sample_rate)",
+            p.hz
+        );
+        p.hz = max;
+    }
+    p
 }
 
 /// An error and its causes on one line.

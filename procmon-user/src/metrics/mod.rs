@@ -34,6 +34,14 @@ pub struct HealthSnapshot {
     pub sink_lagged: u64,
     /// Runs of each lifecycle program the kernel skipped (kernel/prog_stats.rs).
     pub program_misses: Vec<(&'static str, u64)>,
+    /// Processes reported `cpu_pegged` and not cleared.
+    pub pegged_now: u64,
+    /// Processes whose recent stacks are kept (profile/recent.rs), and those dropped to
+    /// stay within the bound.
+    pub profiled_processes: u64,
+    pub profile_evictions: u64,
+    /// The stack symbolizer's counters (zero when CPU sampling is off).
+    pub symbolizer: crate::profile::symbolize::SymbolizeStats,
 }
 
 pub trait HealthSource: Send + Sync {
@@ -55,6 +63,7 @@ pub struct Metrics {
     pub sse_dropped: IntCounter,
     pub sse_clients: IntGauge,
     pub duplicate_exits: IntCounter,
+    pub cpu_pegged: IntCounterVec,
     kernel_features: IntGaugeVec,
 }
 
@@ -144,6 +153,14 @@ impl Metrics {
             "Second exit records of one process, dropped: before Linux 6.16, without fentry on taskstats_exit, threads exiting at once can each look like the last one.",
         )
         .unwrap();
+        let cpu_pegged = IntCounterVec::new(
+            Opts::new(
+                "procmon_cpu_pegged_total",
+                "Processes reported pegged (CPU at or above --pegged-ratio of a core for --pegged-for), by workload.",
+            ),
+            &["workload"],
+        )
+        .unwrap();
         let kernel_features = IntGaugeVec::new(
             Opts::new(
                 "procmon_kernel_feature",
@@ -173,6 +190,7 @@ impl Metrics {
             Box::new(sse_clients.clone()),
             Box::new(kernel_features.clone()),
             Box::new(duplicate_exits.clone()),
+            Box::new(cpu_pegged.clone()),
             Box::new(StateCollector::new(source)),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -191,6 +209,7 @@ impl Metrics {
             sse_dropped,
             sse_clients,
             duplicate_exits,
+            cpu_pegged,
             kernel_features,
         }
     }
@@ -250,7 +269,7 @@ const fn family(
 }
 
 /// Everything [`StateCollector`] produces, in output order.
-const FAMILIES: [Family; 11] = [
+const FAMILIES: [Family; 19] = [
     family("procmon_processes_live", Kind::Gauge, &[], "Live processes known to the process tree."),
     family("procmon_tree_processes", Kind::Gauge, &[], "Entries tracked by the process tree."),
     family("procmon_tree_evictions_total", Kind::Counter, &[], "Tree entries evicted because the tree reached --max-processes."),
@@ -262,6 +281,14 @@ const FAMILIES: [Family; 11] = [
     family("procmon_kernel_exits_recovered_total", Kind::Counter, &[], "Process exits whose exit-tracepoint run the kernel skipped (see procmon_kernel_program_misses_total), recovered at the process's final context switch: exact CPU, peak RSS from the kernel's maxrss."),
     family("procmon_kernel_forks_recovered_total", Kind::Counter, &[], "Process forks whose fork-tracepoint run the kernel skipped (see procmon_kernel_program_misses_total), sent from the child's first wakeup instead."),
     family("procmon_kernel_program_misses_total", Kind::Counter, &["program"], "Runs of a probe the kernel skipped because the same program was already running, preempted, on that CPU: those events were never seen."),
+    family("procmon_cpu_samples_total", Kind::Counter, &[], "CPU samples taken by the perf-event sampler (--profile-hz), idle CPUs excluded."),
+    family("procmon_cpu_sample_stack_collisions_total", Kind::Counter, &[], "Stacks the kernel's stack map refused because another stack held their slot (-EEXIST): those samples count with the stack unknown."),
+    family("procmon_cpu_samples_lost_total", Kind::Counter, &[], "CPU samples not counted: the in-kernel sample-count map was full for its window."),
+    family("procmon_cpu_pegged_processes", Kind::Gauge, &[], "Processes reported cpu_pegged and not cleared yet."),
+    family("procmon_profile_processes", Kind::Gauge, &[], "Processes whose recent stacks and CPU/RSS trajectory are kept for cpu_pegged, crash and oom_kill events."),
+    family("procmon_profile_evictions_total", Kind::Counter, &[], "Processes whose recent stacks were dropped to stay within the bound."),
+    family("procmon_symbolizer_frames", Kind::Gauge, &[], "Stack frames (address to name) cached by the symbolizer, all processes and the kernel."),
+    family("procmon_symbolizer_events_total", Kind::Counter, &["event"], "Symbolizer work: cache_hit and resolved (addresses answered from the cache, or looked up), evicted (processes dropped from the cache at its cap), rebuild (symbolizer rebuilt to release parsed binaries of exited processes), panic (a lookup that failed inside the symbolizer; answered with raw addresses)."),
 ];
 
 pub struct StateCollector {
@@ -302,7 +329,7 @@ impl Collector for StateCollector {
         let s = self.source.snapshot();
         let k = |i: u32| s.kernel[i as usize];
         let labels = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let rows: [Rows; 11] = [
+        let rows: [Rows; 19] = [
             one(s.live_processes),
             one(s.tracked_processes),
             one(s.tree.evictions),
@@ -351,6 +378,23 @@ impl Collector for StateCollector {
                 .iter()
                 .map(|(program, misses)| (labels(&[program]), *misses as f64))
                 .collect(),
+            one(k(stat::CPU_SAMPLES)),
+            one(k(stat::STACK_COLLISIONS)),
+            one(k(stat::SAMPLES_FULL)),
+            one(s.pegged_now),
+            one(s.profiled_processes),
+            one(s.profile_evictions),
+            one(s.symbolizer.cached_frames),
+            [
+                ("cache_hit", s.symbolizer.cache_hits),
+                ("resolved", s.symbolizer.resolved),
+                ("evicted", s.symbolizer.evicted),
+                ("rebuild", s.symbolizer.rebuilds),
+                ("panic", s.symbolizer.panics),
+            ]
+            .into_iter()
+            .map(|(event, n)| (labels(&[event]), n as f64))
+            .collect(),
         ];
         FAMILIES
             .iter()
