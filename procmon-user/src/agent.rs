@@ -37,7 +37,7 @@ use crate::{
         symbolize::{SymbolizeOptions, SymbolizerHandle},
         PeggedReport, ProfileConfig, ProfileState,
     },
-    state::Shared,
+    state::{Shared, State},
 };
 
 pub struct PipelineConfig {
@@ -279,14 +279,19 @@ async fn sample_once(
     let (snapshot, pegged) = {
         let mut state = shared.lock();
         state.apply_samples(&samples, now);
-        let state = &mut *state;
-        let transitions = state.profile.on_sample_pass(&state.tree, now);
+        let State {
+            tree,
+            attribution,
+            profile: profile_state,
+            ..
+        } = &mut *state;
+        let transitions = profile_state.on_sample_pass(tree, now);
         let clock = WallClock::now();
         let pegged: Vec<PeggedReport> = transitions
             .iter()
-            .map(|t| profile::render_transition(t, state, &clock, now))
+            .map(|t| profile::render_transition(t, tree, attribution, profile_state, &clock, now))
             .collect();
-        (state.attribution.snapshot(now), pegged)
+        (attribution.snapshot(now), pegged)
     };
     if let Some((m, hub)) = report {
         for p in pegged {

@@ -161,7 +161,9 @@ pub struct PeggedReport {
 /// Renders a transition as a `cpu_pegged` or `cpu_pegged_cleared` event.
 pub fn render_transition(
     t: &Transition,
-    state: &mut crate::state::State,
+    tree: &ProcessTree,
+    attribution: &crate::attribution::Attribution,
+    profile: &mut ProfileState,
     clock: &WallClock,
     now_ns: u64,
 ) -> PeggedReport {
@@ -170,11 +172,11 @@ pub fn render_transition(
             (pid, start_ns)
         }
     };
-    let p = state.tree.get_exact(pid, start_ns);
+    let p = tree.get_exact(pid, start_ns);
     let known = p.map(|p| Identity {
         comm: p.comm.to_lossy(),
         ppid: p.ppid,
-        workload: state.attribution.workload_name(p.ext.workload).to_string(),
+        workload: attribution.workload_name(p.ext.workload).to_string(),
     });
     let Identity {
         comm,
@@ -183,12 +185,12 @@ pub fn render_transition(
     } = match t {
         Transition::Pegged { .. } => {
             let id = known.unwrap_or_default();
-            state.profile.reported.insert(pid, id.clone());
+            profile.reported.insert(pid, id.clone());
             id
         }
         // An exited process is gone from the tree: named as it was when reported.
         Transition::Cleared { .. } => {
-            let reported = state.profile.reported.remove(&pid);
+            let reported = profile.reported.remove(&pid);
             known.or(reported).unwrap_or_default()
         }
     };
@@ -197,8 +199,7 @@ pub fn render_transition(
         Transition::Pegged {
             since_ns, ratio, ..
         } => {
-            let top = state
-                .profile
+            let top = profile
                 .recent
                 .top_stacks(pid, start_ns, since_ns, TOP_STACKS);
             let shallow = top.first().is_some_and(|s| {
@@ -208,7 +209,7 @@ pub fn render_transition(
                     .count()
                     == 1
             });
-            let ancestry = crate::deaths::ancestry::ancestry(&state.tree, ppid);
+            let ancestry = crate::deaths::ancestry::ancestry(tree, ppid);
             events::render(
                 EventKind::CpuPegged,
                 &CpuPeggedEvent {
