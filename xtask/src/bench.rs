@@ -10,12 +10,15 @@
 //! `sample`: sampling CPU and RSS of 10,000 live processes, procmon's task iterator against a
 //! /proc poller and prometheus-process-exporter (sample.rs).
 //!
+//! `profile`: what always-on CPU sampling costs the agent and the load (profile.rs).
+//!
 //! Missed targets are reported, not failed: this measures.
 mod agent;
 mod bpf;
 mod exporter;
 mod idle;
 mod procpoll;
+mod profile;
 mod prom;
 mod report;
 mod sample;
@@ -38,6 +41,9 @@ enum Which {
     Fork,
     /// Sampling 10,000 idle processes: procmon vs /proc vs process-exporter.
     Sample,
+    /// Always-on CPU sampling (--profile-hz off, 19, 99) under a CPU-bound load and an exec
+    /// storm.
+    Profile,
     All,
 }
 
@@ -115,6 +121,13 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         )?;
         summary.extend(rows);
         notes.extend(sample_notes);
+    }
+    if matches!(options.which, Which::Profile | Which::All) {
+        let rounds = options.rounds.min(5);
+        summary.extend(profile::run(&agent_bin, &log_dir, rounds, options.seconds)?);
+        notes.push(format!(
+            "CPU sampling: {rounds} rounds per rate, rates in rotating order"
+        ));
     }
     println!("\nsummary");
     report::print_summary(&summary);

@@ -95,8 +95,15 @@ pub struct ProbeCost {
     pub run_time_ns: u64,
 }
 
-/// The agent's probes (programs named `sched_*`) as bpftool sees them now.
+/// The agent's lifecycle probes (programs named `sched_*`) as bpftool sees them now.
 pub fn snapshot(agent_pid: u32) -> Result<Vec<Prog>> {
+    snapshot_programs(agent_pid, LIFECYCLE)
+}
+
+const LIFECYCLE: fn(&str) -> bool = |name| name.starts_with("sched_");
+
+/// The agent's programs whose (kernel-truncated) name `wanted` accepts.
+pub fn snapshot_programs(agent_pid: u32, wanted: fn(&str) -> bool) -> Result<Vec<Prog>> {
     let mut bpftool = Command::new("bpftool");
     bpftool.args(["prog", "show", "--json"]);
     let out = cmd::output(&mut bpftool)?;
@@ -109,9 +116,9 @@ pub fn snapshot(agent_pid: u32) -> Result<Vec<Prog>> {
         );
     }
     let progs = parse_progs(&String::from_utf8_lossy(&out.stdout))?;
-    let probes = agents_probes(progs, agent_pid, &fd_prog_ids(agent_pid));
+    let probes = agents_probes(progs, agent_pid, &fd_prog_ids(agent_pid), wanted);
     if probes.is_empty() {
-        bail!("bpftool shows no sched_* programs of the agent (pid {agent_pid})");
+        bail!("bpftool shows none of the agent's programs (pid {agent_pid}) that the benchmark looks for");
     }
     Ok(probes)
 }
@@ -170,11 +177,13 @@ fn parse_progs(json: &str) -> Result<Vec<Prog>> {
 /// picked out: by bpftool's `pids` when it was built with BPF skeletons (Debian's is not); else
 /// by the program ids the agent holds open (/proc/PID/fdinfo); failing both, the newest program
 /// of each name (the agent's were loaded last, unless something loaded probes since).
-fn agents_probes(progs: Vec<Prog>, agent_pid: u32, fd_ids: &HashSet<u32>) -> Vec<Prog> {
-    let probes: Vec<Prog> = progs
-        .into_iter()
-        .filter(|p| p.name.starts_with("sched_"))
-        .collect();
+fn agents_probes(
+    progs: Vec<Prog>,
+    agent_pid: u32,
+    fd_ids: &HashSet<u32>,
+    wanted: fn(&str) -> bool,
+) -> Vec<Prog> {
+    let probes: Vec<Prog> = progs.into_iter().filter(|p| wanted(&p.name)).collect();
     if probes.iter().any(|p| p.pids.is_some()) {
         let owned = |p: &Prog| {
             p.pids
@@ -246,17 +255,20 @@ mod tests {
     fn picks_the_agents_probes() {
         let progs = parse_progs(JSON).unwrap();
         let fds: HashSet<u32> = [521, 522, 523].into();
-        assert_eq!(ids(&agents_probes(progs.clone(), 1, &fds)), [521, 522, 523]);
+        assert_eq!(
+            ids(&agents_probes(progs.clone(), 1, &fds, LIFECYCLE)),
+            [521, 522, 523]
+        );
         // No fd information: the newest program of each name.
         assert_eq!(
-            ids(&agents_probes(progs, 1, &HashSet::new())),
+            ids(&agents_probes(progs, 1, &HashSet::new(), LIFECYCLE)),
             [523, 522, 600]
         );
         // bpftool's `pids` wins over everything else.
         let with_pids = r#"[{"id":5,"name":"sched_switch","pids":[{"pid":42,"comm":"procmon"}]},
             {"id":6,"name":"sched_switch","pids":[{"pid":7,"comm":"other"}]}]"#;
         let progs = parse_progs(with_pids).unwrap();
-        assert_eq!(ids(&agents_probes(progs, 42, &[6].into())), [5]);
+        assert_eq!(ids(&agents_probes(progs, 42, &[6].into(), LIFECYCLE)), [5]);
     }
 
     #[test]
