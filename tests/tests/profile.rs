@@ -20,6 +20,25 @@ fn profile(args: &[&str]) -> std::process::Output {
     run_with_timeout(&mut procmon(&full), PROFILE_TIMEOUT)
 }
 
+const MAX_SAMPLE_RATE: &str = "/proc/sys/kernel/perf_event_max_sample_rate";
+
+/// Lowers `kernel.perf_event_max_sample_rate` until dropped.
+struct SampleRateLimit(String);
+
+impl SampleRateLimit {
+    fn set(hz: u32) -> Self {
+        let old = std::fs::read_to_string(MAX_SAMPLE_RATE).expect("reading the sample rate limit");
+        std::fs::write(MAX_SAMPLE_RATE, hz.to_string()).expect("lowering the sample rate limit");
+        SampleRateLimit(old)
+    }
+}
+
+impl Drop for SampleRateLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::write(MAX_SAMPLE_RATE, self.0.trim());
+    }
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -140,10 +159,20 @@ fn profile_of_an_idle_process_says_there_is_nothing_to_show() {
     }
     let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
     let pid = sleeper.id().to_string();
-    let out = profile(&["--pid", &pid, "--seconds", "2"]);
+    // Also: a rate above the kernel's limit is clamped and said, not refused with EINVAL.
+    // (Other tests that run meanwhile sample at most at this limit; none needs more.)
+    let out = {
+        let _limit = SampleRateLimit::set(50);
+        profile(&["--pid", &pid, "--seconds", "2", "--hz", "99"])
+    };
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("sampling at 50 Hz instead of 99 Hz"),
+        "{}",
+        stderr(&out)
+    );
     assert!(
         stderr(&out).contains(&format!(
             "{pid} was on CPU for 0.00 s of 2 s; nothing to show"
