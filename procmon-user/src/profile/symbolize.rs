@@ -133,7 +133,8 @@ struct Counters {
 }
 
 enum Msg {
-    Symbolize(Request, oneshot::Sender<Response>),
+    /// Stacks of one process, looked up together: one read of its maps for all of them.
+    Batch(Vec<Request>, oneshot::Sender<Vec<Response>>),
     Forget(u32),
 }
 
@@ -172,17 +173,44 @@ impl SymbolizerHandle {
     #[cfg(test)]
     pub fn symbolize_blocking(&self, req: Request) -> Response {
         let lens = (req.user.len(), req.kernel.len());
-        match self.send(req) {
-            Ok(rx) => rx.blocking_recv().unwrap_or_else(|_| vanished(lens)),
-            Err(resp) => resp,
+        let (tx, rx) = oneshot::channel();
+        match self.tx.send(Msg::Batch(vec![req], tx)) {
+            Ok(()) => rx
+                .blocking_recv()
+                .ok()
+                .and_then(|mut r| r.pop())
+                .unwrap_or_else(|| vanished(lens)),
+            Err(mpsc::SendError(Msg::Batch(mut reqs, _))) => hex_response(&reqs.remove(0)),
+            Err(mpsc::SendError(_)) => unreachable!("sent a Batch"),
         }
     }
 
+    /// One stack: a batch of one.
+    #[cfg(test)]
     pub async fn symbolize(&self, req: Request) -> Response {
         let lens = (req.user.len(), req.kernel.len());
-        match self.send(req) {
-            Ok(rx) => rx.await.unwrap_or_else(|_| vanished(lens)),
-            Err(resp) => resp,
+        self.symbolize_batch(vec![req])
+            .await
+            .pop()
+            .unwrap_or_else(|| vanished(lens))
+    }
+
+    /// Symbolizes several stacks of one process (every request's `pid` is the same) in one
+    /// lookup. Per stack, blazesym would read the process's maps again: that read was most
+    /// of the agent's sampling cost.
+    pub async fn symbolize_batch(&self, reqs: Vec<Request>) -> Vec<Response> {
+        debug_assert!(reqs.windows(2).all(|w| w[0].pid == w[1].pid));
+        let lens: Vec<(usize, usize)> = reqs
+            .iter()
+            .map(|r| (r.user.len(), r.kernel.len()))
+            .collect();
+        let (tx, rx) = oneshot::channel();
+        match self.tx.send(Msg::Batch(reqs, tx)) {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| lens.into_iter().map(vanished).collect()),
+            Err(mpsc::SendError(Msg::Batch(reqs, _))) => reqs.iter().map(hex_response).collect(),
+            Err(mpsc::SendError(_)) => unreachable!("sent a Batch"),
         }
     }
 
@@ -203,15 +231,6 @@ impl SymbolizerHandle {
             evicted: get(&c.evicted),
             rebuilds: get(&c.rebuilds),
             panics: get(&c.panics),
-        }
-    }
-
-    fn send(&self, req: Request) -> Result<oneshot::Receiver<Response>, Response> {
-        let (tx, rx) = oneshot::channel();
-        match self.tx.send(Msg::Symbolize(req, tx)) {
-            Ok(()) => Ok(rx),
-            Err(mpsc::SendError(Msg::Symbolize(req, _))) => Err(hex_response(&req)),
-            Err(mpsc::SendError(Msg::Forget(_))) => unreachable!("sent a Symbolize"),
         }
     }
 }
@@ -307,19 +326,18 @@ impl Service {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         while let Ok(msg) = rx.recv() {
             match msg {
-                Msg::Symbolize(req, reply) => {
-                    let resp = match panic::catch_unwind(AssertUnwindSafe(|| self.handle(&req))) {
-                        Ok(resp) => resp,
-                        Err(_) => {
-                            // A malformed file can trip a parser: answer in hex and start
-                            // from a clean symbolizer rather than trust its half-built state.
-                            self.counters.panics.fetch_add(1, Ordering::Relaxed);
-                            log::warn!("symbolizer panicked on pid {}; rebuilding it", req.pid);
-                            self.rebuild();
-                            hex_response(&req)
-                        }
-                    };
-                    // Before the reply, so a caller reading stats after it sees this request.
+                Msg::Batch(reqs, reply) => {
+                    let resp =
+                        match panic::catch_unwind(AssertUnwindSafe(|| self.handle_batch(&reqs))) {
+                            Ok(resp) => resp,
+                            Err(_) => {
+                                self.counters.panics.fetch_add(1, Ordering::Relaxed);
+                                let pid = reqs.first().map_or(0, |r| r.pid);
+                                log::warn!("symbolizer panicked on pid {pid}; rebuilding it");
+                                self.rebuild();
+                                reqs.iter().map(hex_response).collect()
+                            }
+                        };
                     self.publish_sizes();
                     let _ = reply.send(resp);
                 }
@@ -331,21 +349,42 @@ impl Service {
         }
     }
 
-    fn handle(&mut self, req: &Request) -> Response {
-        let user = self.frames(Space::Process(req.pid), &req.user);
-        let kernel = self.frames(Space::Kernel, &req.kernel);
+    /// Every stack's addresses adjusted on its own (its leaf is exact), then looked up
+    /// together, then split back.
+    fn handle_batch(&mut self, reqs: &[Request]) -> Vec<Response> {
+        let Some(pid) = reqs.first().map(|r| r.pid) else {
+            return Vec::new();
+        };
+        let user = self.frames(
+            Space::Process(pid),
+            reqs.iter().flat_map(|r| adjusted(&r.user)).collect(),
+        );
+        let kernel = self.frames(
+            Space::Kernel,
+            reqs.iter().flat_map(|r| adjusted(&r.kernel)).collect(),
+        );
+        self.after_request();
+        let (mut user, mut kernel) = (user.into_iter(), kernel.into_iter());
+        reqs.iter()
+            .map(|r| Response {
+                user: user.by_ref().take(r.user.len()).collect(),
+                kernel: kernel.by_ref().take(r.kernel.len()).collect(),
+            })
+            .collect()
+    }
+
+    fn after_request(&mut self) {
         let evicted = self.cache.enforce_cap();
         self.counters.evicted.fetch_add(evicted, Ordering::Relaxed);
         self.cache.maybe_prune_names();
-        Response { user, kernel }
     }
 
-    fn frames(&mut self, space: Space, addrs: &[u64]) -> Vec<Frame> {
-        if addrs.is_empty() {
+    /// `lookups` are the addresses to look up, already adjusted (see [`adjusted`]).
+    fn frames(&mut self, space: Space, lookups: Vec<u64>) -> Vec<Frame> {
+        if lookups.is_empty() {
             return Vec::new();
         }
         self.cache.touch(space);
-        let lookups: Vec<u64> = adjusted(addrs).collect();
         let mut out: Vec<Option<Frame>> = Vec::with_capacity(lookups.len());
         let mut misses: Vec<u64> = Vec::new();
         for &addr in &lookups {

@@ -126,6 +126,27 @@ fn only_return_addresses_are_moved_back_one_byte() {
 }
 
 #[test]
+fn a_batch_keeps_each_stacks_own_leaf_and_matches_single_lookups() {
+    let h = service(false);
+    let start = probe_addr();
+    let libc = libc::getpid as *const () as u64;
+    // The same address is a leaf in the first stack and a return address in the second: the
+    // batch must adjust it per stack, as two single requests would.
+    let stacks = vec![own(vec![start, libc + 1]), own(vec![libc, start])];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let batch = runtime.block_on(h.symbolize_batch(stacks.clone()));
+    let single: Vec<Response> = stacks.into_iter().map(|r| h.symbolize_blocking(r)).collect();
+    assert_eq!(batch.len(), 2);
+    for (b, s) in batch.iter().zip(&single) {
+        assert_eq!(b.user, s.user);
+    }
+    assert!(batch[0].user[0].ends_with("procmon_probe_target"), "{batch:?}");
+    assert!(!batch[1].user[1].ends_with("procmon_probe_target"), "{batch:?}");
+}
+
+#[test]
 fn libc_function_resolves() {
     let h = service(false);
     let addr = libc::getpid as *const () as u64;
