@@ -9,17 +9,14 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex,
-    },
+    path::Path,
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use aya::maps::{MapData, PerCpuArray};
-use tokio::{io::AsyncWrite, net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     attribution::ProcessTree,
@@ -56,8 +53,9 @@ pub struct PipelineConfig {
 /// starts losing (and counting) them. Larger than a reader batch (4096), so a consumer that
 /// keeps up is never outrun by one batch.
 const EVENT_BUFFER: usize = 64 * 1024;
-/// How long shutdown waits for /events clients that do not read their last bytes.
-const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long shutdown waits, after the last records are drained, for the events writer and
+/// for /events clients to take their last bytes: a stalled reader never holds the agent.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
 /// Cgroup reads per sampling round (processes that exec'd or were forked since the last).
 const CGROUP_READS_PER_ROUND: usize = 4096;
 
@@ -69,7 +67,9 @@ pub struct Pipeline {
     sampler: JoinHandle<Sampler>,
     profiler: Option<JoinHandle<CpuSampling>>,
     reconciler: JoinHandle<()>,
-    sink: Option<JoinHandle<std::io::Result<()>>>,
+    sink: Option<JoinHandle<Result<(), sink::SinkClosed>>>,
+    sink_health: Arc<sink::SinkHealth>,
+    reopen: watch::Sender<u64>,
     http: Option<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -77,7 +77,7 @@ impl Pipeline {
     pub async fn start(
         cfg: PipelineConfig,
         listener: Option<TcpListener>,
-        events_out: Option<Box<dyn AsyncWrite + Unpin + Send>>,
+        events_out: Option<(sink::Target, sink::Output)>,
     ) -> anyhow::Result<Self> {
         let kernel::Probes {
             ebpf,
@@ -113,13 +113,13 @@ impl Pipeline {
             })
         });
         let decode_errors = Arc::new(DecodeErrors::default());
-        let sink_lagged = Arc::new(AtomicU64::new(0));
+        let sink_health = Arc::new(sink::SinkHealth::default());
         let source = Arc::new(AgentHealth {
             shared: shared.clone(),
             stats: Mutex::new(stats),
             program_fds,
             decode_errors: decode_errors.clone(),
-            sink_lagged: sink_lagged.clone(),
+            sink: sink_health.clone(),
             symbolizer: symbolizer.clone(),
         });
         let metrics = Arc::new(Metrics::new(source));
@@ -132,13 +132,16 @@ impl Pipeline {
         let first = shared.lock().attribution.snapshot(boottime_ns());
         metrics.attribution.update(&first);
         let hub = Arc::new(Hub::new(EVENT_BUFFER, cfg.history));
-        let sink = events_out.map(|out| {
+        let (reopen, reopen_rx) = watch::channel(0u64);
+        let sink = events_out.map(|(target, out)| {
             let rx = hub.subscribe(None).expect("the hub is open").rx;
             tokio::spawn(sink::write_json_lines(
                 rx,
+                target,
                 out,
                 cfg.event_kinds.clone(),
-                sink_lagged,
+                sink_health.clone(),
+                reopen_rx,
             ))
         });
         let ingest = Ingest::new(&metrics, hub.clone(), decode_errors);
@@ -183,6 +186,7 @@ impl Pipeline {
                 listener,
                 metrics.clone(),
                 sse,
+                sink_health.clone(),
                 async move {
                     let _ = http_stop.changed().await;
                 },
@@ -197,8 +201,30 @@ impl Pipeline {
             profiler,
             reconciler,
             sink,
+            sink_health,
+            reopen,
             http,
         })
+    }
+
+    /// SIGHUP: the events file is reopened (log rotation).
+    pub fn reopen_events(&self) {
+        self.reopen.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves if the events writer stops for good before shutdown (stdout was closed):
+    /// the agent must stop, since nobody can read its events any more.
+    pub async fn sink_closed(&mut self) -> anyhow::Error {
+        let Some(sink) = &mut self.sink else {
+            return std::future::pending().await;
+        };
+        let result = sink.await;
+        self.sink = None;
+        match result {
+            Ok(Err(closed)) => closed.into(),
+            Ok(Ok(())) => anyhow::anyhow!("the events writer stopped"),
+            Err(e) => anyhow::anyhow!("the events writer failed: {e}"),
+        }
     }
 
     /// Stops everything: the reader drains what the kernel still holds, the events file is
@@ -213,14 +239,26 @@ impl Pipeline {
         self.reader.await?.context("ring-buffer reader failed")?;
         // After the last drain: every consumer's stream ends once it has read what is left.
         self.hub.close();
-        if let Some(sink) = self.sink {
-            sink.await?.context("writing events failed")?;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        if let Some(mut sink) = self.sink {
+            match tokio::time::timeout_at(deadline, &mut sink).await {
+                // A closed stdout at the very end loses nothing worth stopping for.
+                Ok(written) => {
+                    let _ = written?;
+                }
+                Err(_) => {
+                    sink.abort();
+                    let lost = self.sink_health.pending.load(Relaxed);
+                    self.sink_health.unflushed.fetch_add(lost, Relaxed);
+                    log::warn!("the events output did not take the last {lost} events within {SHUTDOWN_GRACE:?} (does its reader still read?); stopping without them");
+                }
+            }
         }
         self.reconciler.await?;
         if let Some(mut http) = self.http {
             // /events streams have ended; a client that stopped reading could still hold its
             // connection open, so the wait is bounded.
-            match tokio::time::timeout(HTTP_SHUTDOWN_GRACE, &mut http).await {
+            match tokio::time::timeout_at(deadline, &mut http).await {
                 Ok(served) => served?.context("HTTP server failed")?,
                 Err(_) => http.abort(),
             }
@@ -237,22 +275,10 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-pub async fn open_events(path: &PathBuf) -> anyhow::Result<Box<dyn AsyncWrite + Unpin + Send>> {
-    if path.as_os_str() == "-" {
-        return Ok(Box::new(tokio::io::stdout()));
-    }
-    let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open events file {}; check the path and permissions",
-                path.display()
-            )
-        })?;
-    Ok(Box::new(file))
+pub async fn open_events(path: &Path) -> anyhow::Result<(sink::Target, sink::Output)> {
+    let target = sink::Target::from_arg(path);
+    let out = sink::open(&target).await?;
+    Ok((target, out))
 }
 
 /// One sampling round: the task iterator pass, then the live sums under the lock, then
@@ -424,7 +450,7 @@ struct AgentHealth {
     stats: Mutex<PerCpuArray<MapData, u64>>,
     program_fds: Vec<(&'static str, std::os::fd::OwnedFd)>,
     decode_errors: Arc<DecodeErrors>,
-    sink_lagged: Arc<AtomicU64>,
+    sink: Arc<sink::SinkHealth>,
     symbolizer: Option<SymbolizerHandle>,
 }
 
@@ -449,7 +475,9 @@ impl HealthSource for AgentHealth {
             tree,
             kernel: kernel::read_stats(&self.stats.lock().unwrap_or_else(|e| e.into_inner())),
             decode_errors: self.decode_errors.each_ref().map(|n| n.load(Relaxed)),
-            sink_lagged: self.sink_lagged.load(Relaxed),
+            sink_lagged: self.sink.lagged.load(Relaxed),
+            sink_errors: self.sink.errors.load(Relaxed),
+            sink_unflushed: self.sink.unflushed.load(Relaxed),
             pegged_now: profile.0,
             profiled_processes: profile.1,
             profile_evictions: profile.2,

@@ -6,14 +6,27 @@ use std::sync::Arc;
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
 use tokio::net::TcpListener;
 
-use crate::{events::sse, metrics::Metrics};
+use crate::{
+    events::{sink::SinkHealth, sse},
+    metrics::Metrics,
+};
 
-pub fn router(metrics: Arc<Metrics>, sse: sse::SseState) -> Router {
+pub fn router(metrics: Arc<Metrics>, sse: sse::SseState, sink: Arc<SinkHealth>) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }))
         .with_state(metrics)
+        .route("/healthz", get(healthz))
+        .with_state(sink)
         .merge(sse::routes(sse))
+}
+
+/// `ok`, or `degraded: ...` naming what fails. Still 200: a liveness probe must not restart
+/// an agent whose disk is full (a restart fixes nothing and loses the tree).
+async fn healthz(State(sink): State<Arc<SinkHealth>>) -> String {
+    match sink.failing() {
+        None => "ok\n".into(),
+        Some(why) => format!("degraded: writing events fails: {why}\n"),
+    }
 }
 
 async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
@@ -30,9 +43,10 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     sse: sse::SseState,
+    sink: Arc<SinkHealth>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, sse))
+    axum::serve(listener, router(metrics, sse, sink))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -79,11 +79,15 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<u8>>) -> anyhow::Result<u8> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?
-        .block_on(fut)
+        .build()?;
+    let result = runtime.block_on(fut);
+    // Dropping the runtime would wait for every blocking-pool thread, and one can be stuck
+    // in a write to a FIFO whose reader stopped reading: shutdown already gave up on it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(300));
+    result
 }
 
 async fn agent_main(settings: Settings) -> anyhow::Result<u8> {
@@ -92,6 +96,8 @@ async fn agent_main(settings: Settings) -> anyhow::Result<u8> {
         .listen
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap());
     let listener = agent::bind(addr).await?;
+    // With port 0 the kernel picked one: say which.
+    let addr = listener.local_addr().unwrap_or(addr);
     let events_out = match &settings.events {
         Some(path) => Some(agent::open_events(path).await?),
         None => None,
@@ -100,13 +106,23 @@ async fn agent_main(settings: Settings) -> anyhow::Result<u8> {
     // agent cleanly, not kill it.
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let pipeline = Pipeline::start(settings.pipeline, Some(listener), events_out).await?;
+    // SIGHUP's default action would kill the agent without a word; it reopens the events
+    // file instead (log rotation).
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    let mut pipeline = Pipeline::start(settings.pipeline, Some(listener), events_out).await?;
     log::info!("ready, listening on http://{addr}");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let failure = loop {
+        tokio::select! {
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
+            _ = hup.recv() => pipeline.reopen_events(),
+            e = pipeline.sink_closed() => break Some(e),
+        }
+    };
     log::info!("shutting down");
     pipeline.stop().await?;
-    Ok(0)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(0),
+    }
 }

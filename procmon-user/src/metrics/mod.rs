@@ -32,6 +32,10 @@ pub struct HealthSnapshot {
     pub decode_errors: [u64; DecodeError::REASONS.len()],
     /// Events the `--events` writer could not keep up with.
     pub sink_lagged: u64,
+    /// Events lost to `--events` write errors.
+    pub sink_errors: u64,
+    /// Events the `--events` writer had not written when shutdown could wait no longer.
+    pub sink_unflushed: u64,
     /// Runs of each lifecycle program the kernel skipped (kernel/prog_stats.rs).
     pub program_misses: Vec<(&'static str, u64)>,
     /// Processes reported `cpu_pegged` and not cleared.
@@ -274,7 +278,7 @@ const FAMILIES: [Family; 19] = [
     family("procmon_tree_processes", Kind::Gauge, &[], "Entries tracked by the process tree."),
     family("procmon_tree_evictions_total", Kind::Counter, &[], "Tree entries evicted because the tree reached --max-processes."),
     family("procmon_tree_reconciled_total", Kind::Counter, &["action"], "Tree corrections made against /proc: added (missed fork), removed (missed exit), replaced (pid reuse after a missed exit)."),
-    family("procmon_events_lost_total", Kind::Counter, &["kind", "reason"], "Events lost, by kind and reason (ringbuf_full: the kernel ring buffer was full; truncated, abi_mismatch, unknown_kind, size_mismatch: rejected by the decoder; sink_lagged: the --events writer fell behind)."),
+    family("procmon_events_lost_total", Kind::Counter, &["kind", "reason"], "Events lost, by kind and reason (ringbuf_full: the kernel ring buffer was full; truncated, abi_mismatch, unknown_kind, size_mismatch: rejected by the decoder; sink_lagged: the --events writer fell behind; sink_error: writing --events failed; shutdown_unflushed: the --events output did not take them before shutdown)."),
     family("procmon_kernel_read_errors_total", Kind::Counter, &[], "Kernel memory reads that failed in the probes (the field was sent as zero)."),
     family("procmon_kernel_thread_exits_total", Kind::Counter, &[], "Thread (not process) exits seen by the exit probe."),
     family("procmon_kernel_exits_not_deferred_total", Kind::Counter, &[], "Exit records sent before the exit path finished (pending-exit map full): their CPU time is slightly low."),
@@ -360,6 +364,11 @@ impl Collector for StateCollector {
                     k(stat::RINGBUF_FULL_CGROUP) as f64,
                 ),
                 (labels(&["unknown", "sink_lagged"]), s.sink_lagged as f64),
+                (labels(&["unknown", "sink_error"]), s.sink_errors as f64),
+                (
+                    labels(&["unknown", "shutdown_unflushed"]),
+                    s.sink_unflushed as f64,
+                ),
             ]
             .into_iter()
             .chain(

@@ -137,13 +137,22 @@ fn a_batch_keeps_each_stacks_own_leaf_and_matches_single_lookups() {
         .build()
         .unwrap();
     let batch = runtime.block_on(h.symbolize_batch(stacks.clone()));
-    let single: Vec<Response> = stacks.into_iter().map(|r| h.symbolize_blocking(r)).collect();
+    let single: Vec<Response> = stacks
+        .into_iter()
+        .map(|r| h.symbolize_blocking(r))
+        .collect();
     assert_eq!(batch.len(), 2);
     for (b, s) in batch.iter().zip(&single) {
         assert_eq!(b.user, s.user);
     }
-    assert!(batch[0].user[0].ends_with("procmon_probe_target"), "{batch:?}");
-    assert!(!batch[1].user[1].ends_with("procmon_probe_target"), "{batch:?}");
+    assert!(
+        batch[0].user[0].ends_with("procmon_probe_target"),
+        "{batch:?}"
+    );
+    assert!(
+        !batch[1].user[1].ends_with("procmon_probe_target"),
+        "{batch:?}"
+    );
 }
 
 #[test]
