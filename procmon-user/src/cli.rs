@@ -100,6 +100,32 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// The accepted range of each numeric setting, for its flag and its config key alike: one
+/// validation, whichever way a value comes in.
+mod ranges {
+    use std::ops::RangeInclusive;
+    pub const HISTORY: RangeInclusive<u64> = 0..=1_048_576;
+    pub const MAX_CHILD_SERIES: RangeInclusive<u64> = 1..=1_000_000;
+    pub const MAX_WORKLOADS: RangeInclusive<u64> = 1..=100_000;
+    pub const MAX_PROCESSES: RangeInclusive<u64> = 16..=16_777_216;
+    pub const PROFILE_HZ: RangeInclusive<u64> = 0..=100_000;
+}
+
+/// A config file's number, checked against the range its flag accepts.
+fn in_range(
+    key: &'static str,
+    value: Option<u64>,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, SettingsError> {
+    match value {
+        Some(v) if !range.contains(&v) => Err(SettingsError::key(
+            key,
+            format!("{v} is not in {}..={}", range.start(), range.end()),
+        )),
+        v => Ok(v),
+    }
+}
+
 #[derive(Args, Default)]
 pub struct CommonArgs {
     /// Read settings from a TOML file; flags given here override it.
@@ -115,7 +141,7 @@ pub struct CommonArgs {
     pub event_kinds: Option<Vec<EventKind>>,
     /// Recent events kept for /events clients that ask for them (?since=SEQ,
     /// Last-Event-ID); 0 keeps none [default: 4096]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::HISTORY))]
     pub history: Option<u64>,
     /// How often live processes' CPU and RSS are sampled, e.g. 1s, 500ms [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_sample_interval)]
@@ -124,13 +150,13 @@ pub struct CommonArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub retain_exited: Option<Duration>,
     /// Most child series across all watched processes; the rest share pid="_other" [default: 1000]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::MAX_CHILD_SERIES))]
     pub max_child_series: Option<u64>,
     /// Most workload series; the rest share workload="_other" [default: 500]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::MAX_WORKLOADS))]
     pub max_workloads: Option<u64>,
     /// Most processes the tree tracks; beyond it the oldest are evicted (and counted) [default: 65536]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::MAX_PROCESSES))]
     pub max_processes: Option<u64>,
     /// How often the tree is reconciled against /proc, e.g. 30s, 5m [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_reconcile_interval)]
@@ -140,7 +166,7 @@ pub struct CommonArgs {
     pub ringbuf_bytes: Option<u32>,
     /// CPU samples per second per CPU for recent stacks (cpu_pegged, crash and oom_kill
     /// events); 0 turns sampling off [default: 19]
-    #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u64).range(ranges::PROFILE_HZ))]
     pub profile_hz: Option<u64>,
     /// CPU use, in cores, at or above which a process counts as pegged [default: 0.95]
     #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
@@ -196,7 +222,7 @@ impl CommonArgs {
                     })?;
                 toml::from_str::<ConfigFile>(&text).map_err(|e| SettingsError::ConfigSyntax {
                     path: path.clone(),
-                    message: e.message().to_string(),
+                    message: located(&text, &e),
                 })?
             }
             None => ConfigFile::default(),
@@ -268,17 +294,38 @@ impl CommonArgs {
             )?)
             .unwrap_or(Duration::from_secs(30));
         let defaults = ProfileConfig::default();
-        let profile_hz = match (self.profile_hz, file.profile_hz) {
-            (Some(n), _) => n,
-            (None, Some(n)) if n <= 100_000 => n,
-            (None, Some(_)) => {
-                return Err(SettingsError::key(
-                    "profile_hz",
-                    "must be between 0 and 100000",
-                ))
-            }
-            (None, None) => defaults.hz,
-        };
+        let profile_hz = self
+            .profile_hz
+            .or(in_range("profile_hz", file.profile_hz, ranges::PROFILE_HZ)?)
+            .unwrap_or(defaults.hz);
+        let max_processes = self
+            .max_processes
+            .or(in_range(
+                "max_processes",
+                file.max_processes,
+                ranges::MAX_PROCESSES,
+            )?)
+            .unwrap_or(65536);
+        let history = self
+            .history
+            .or(in_range("history", file.history, ranges::HISTORY)?)
+            .unwrap_or(4096);
+        let max_child_series = self
+            .max_child_series
+            .or(in_range(
+                "max_child_series",
+                file.max_child_series,
+                ranges::MAX_CHILD_SERIES,
+            )?)
+            .unwrap_or(1000);
+        let max_workloads = self
+            .max_workloads
+            .or(in_range(
+                "max_workloads",
+                file.max_workloads,
+                ranges::MAX_WORKLOADS,
+            )?)
+            .unwrap_or(500);
         let pegged_ratio = match (self.pegged_ratio, file.pegged_ratio) {
             (Some(r), _) => r,
             (None, Some(r)) => {
@@ -294,21 +341,17 @@ impl CommonArgs {
             listen,
             events: events.or(file.events),
             pipeline: PipelineConfig {
-                max_processes: self.max_processes.or(file.max_processes).unwrap_or(65536) as usize,
+                max_processes: max_processes as usize,
                 reconcile_interval,
                 sample_interval,
                 ringbuf_bytes,
                 event_kinds,
-                history: self.history.or(file.history).unwrap_or(4096).min(1_048_576) as usize,
+                history: history as usize,
                 attribution: AttributionConfig {
                     selectors: watch,
                     retain_exited_ns: retain_exited.as_nanos() as u64,
-                    max_child_series: self
-                        .max_child_series
-                        .or(file.max_child_series)
-                        .unwrap_or(1000) as usize,
-                    max_workloads: self.max_workloads.or(file.max_workloads).unwrap_or(500)
-                        as usize,
+                    max_child_series: max_child_series as usize,
+                    max_workloads: max_workloads as usize,
                 },
                 profile: ProfileConfig {
                     hz: profile_hz,
@@ -320,6 +363,24 @@ impl CommonArgs {
                 },
             },
         })
+    }
+}
+
+/// A TOML error with the line and the key it is about: toml's own message says what is
+/// wrong (`invalid type: string "x", expected u64`, `duplicate key`) but not where.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    match line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty())
+    {
+        Some(key) => format!("line {line_no}, `{key}`: {}", e.message()),
+        None => format!("line {line_no}: {}", e.message()),
     }
 }
 
@@ -496,6 +557,21 @@ mod tests {
             ("ringbuf_bytes = 1000\n", "config `ringbuf_bytes`"),
             ("listen = \"nope\"\n", "config `listen`"),
             ("pegged_ratio = -1.0\n", "config `pegged_ratio`"),
+            (
+                "max_processes = 0\n",
+                "config `max_processes`: 0 is not in 16..=16777216",
+            ),
+            ("max_child_series = 0\n", "config `max_child_series`"),
+            ("max_workloads = 0\n", "config `max_workloads`"),
+            ("history = 2000000\n", "config `history`"),
+            (
+                "max_processes = \"x\"\n",
+                "line 1, `max_processes`: invalid type",
+            ),
+            (
+                "history = 5\nhistory = 6\n",
+                "line 2, `history`: duplicate key",
+            ),
             ("pegged_for = \"10ms\"\n", "config `pegged_for`"),
             ("profile_hz = 200000\n", "config `profile_hz`"),
         ] {
