@@ -92,6 +92,7 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<u8>>) -> anyh
 
 async fn agent_main(settings: Settings) -> anyhow::Result<u8> {
     kernel::check_privileges()?;
+    http::raise_fd_limit();
     let addr: SocketAddr = settings
         .listen
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap());

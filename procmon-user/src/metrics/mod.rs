@@ -68,6 +68,7 @@ pub struct Metrics {
     pub sse_clients: IntGauge,
     pub duplicate_exits: IntCounter,
     pub cpu_pegged: IntCounterVec,
+    pub http_refused: IntCounter,
     kernel_features: IntGaugeVec,
 }
 
@@ -165,6 +166,11 @@ impl Metrics {
             &["workload"],
         )
         .unwrap();
+        let http_refused = IntCounter::new(
+            "procmon_http_connections_refused_total",
+            "HTTP connections closed at once because the connection cap was reached (idle and slow connections are closed after 10 s).",
+        )
+        .unwrap();
         let kernel_features = IntGaugeVec::new(
             Opts::new(
                 "procmon_kernel_feature",
@@ -195,6 +201,7 @@ impl Metrics {
             Box::new(kernel_features.clone()),
             Box::new(duplicate_exits.clone()),
             Box::new(cpu_pegged.clone()),
+            Box::new(http_refused.clone()),
             Box::new(StateCollector::new(source)),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -214,6 +221,7 @@ impl Metrics {
             sse_clients,
             duplicate_exits,
             cpu_pegged,
+            http_refused,
             kernel_features,
         }
     }
