@@ -275,7 +275,7 @@ async fn resolve_cgroups(shared: &Arc<Shared>, limit: usize) {
     if wanted.is_empty() {
         return;
     }
-    let found: Vec<(u32, u64, String)> = tokio::task::spawn_blocking(move || {
+    let found: Vec<(u32, u64, String, bool)> = tokio::task::spawn_blocking(move || {
         wanted
             .into_iter()
             .map(|(pid, start)| {
@@ -283,6 +283,7 @@ async fn resolve_cgroups(shared: &Arc<Shared>, limit: usize) {
                     pid,
                     start,
                     procfs::read_cgroup(PROC.as_ref(), pid).unwrap_or_else(|| "/".into()),
+                    procfs::is_kernel_thread(PROC.as_ref(), pid),
                 )
             })
             .collect()
@@ -290,8 +291,8 @@ async fn resolve_cgroups(shared: &Arc<Shared>, limit: usize) {
     .await
     .unwrap_or_default();
     let mut state = shared.lock();
-    for (pid, start, path) in found {
-        state.set_cgroup(pid, start, &path);
+    for (pid, start, path, kernel_thread) in found {
+        state.set_cgroup(pid, start, &path, kernel_thread);
     }
 }
 

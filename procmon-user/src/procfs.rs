@@ -73,6 +73,27 @@ pub fn read_exe(proc_root: &Path, pid: u32, start_ns: u64) -> Option<String> {
     Some(exe.to_string_lossy().into_owned())
 }
 
+/// Whether `pid` is a kernel thread: PF_KTHREAD in the flags of `/proc/<pid>/stat`. Comm
+/// cannot tell (a kworker renames itself after its work; anyone may call itself
+/// `kworker/0`), nor can the parent alone (kthreadd also parents usermode helpers).
+pub fn is_kernel_thread(proc_root: &Path, pid: u32) -> bool {
+    fs::read(proc_root.join(pid.to_string()).join("stat"))
+        .ok()
+        .and_then(|stat| stat_flags(&stat))
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// include/linux/sched.h; stable since 2.6.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The `flags` field of `/proc/<pid>/stat` (the 9th).
+fn stat_flags(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    // After comm: state(0) ppid(1) pgrp(2) session(3) tty_nr(4) tpgid(5) flags(6).
+    rest.split_ascii_whitespace().nth(6)?.parse().ok()
+}
+
 /// Parses `/proc/<pid>/stat`. The comm field may hold spaces and parentheses, so it spans
 /// from the first '(' to the last ')'.
 pub fn parse_stat(stat: &[u8]) -> Option<ProcSnapshot> {
@@ -165,6 +186,17 @@ mod tests {
         assert_eq!(parse_cgroup(unified), "/system.slice/nginx.service");
         assert_eq!(parse_cgroup("0::/\n"), "/");
         assert_eq!(parse_cgroup("garbage"), "/");
+    }
+
+    #[test]
+    fn tells_kernel_threads_by_flags() {
+        assert_eq!(stat_flags(&stat_line("a) (b", "S")), Some(4194560));
+        assert!(is_kernel_thread(Path::new("/proc"), 2), "kthreadd");
+        assert!(!is_kernel_thread(Path::new("/proc"), std::process::id()));
+        assert!(
+            !is_kernel_thread(Path::new("/proc"), u32::MAX),
+            "no such pid"
+        );
     }
 
     #[test]

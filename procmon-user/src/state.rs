@@ -117,10 +117,10 @@ impl State {
             .apply_samples(&mut self.tree, samples, now_ns);
     }
 
-    /// The memory cgroup read from /proc for a process.
-    pub fn set_cgroup(&mut self, pid: u32, start_ns: u64, path: &str) {
+    /// The memory cgroup read from /proc for a process, and whether it is a kernel thread.
+    pub fn set_cgroup(&mut self, pid: u32, start_ns: u64, path: &str, kernel_thread: bool) {
         self.attribution
-            .set_cgroup(&mut self.tree, pid, start_ns, path);
+            .set_cgroup(&mut self.tree, pid, start_ns, path, kernel_thread);
     }
 }
 

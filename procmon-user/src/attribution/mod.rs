@@ -14,7 +14,7 @@ pub use selector::Selector;
 
 use crate::{
     tree::{same_start, Comm, Extension, Process, Tree},
-    workload::{self, WorkloadId, Workloads},
+    workload::{Identities, Identity, WorkloadId, Workloads},
 };
 
 pub type UnitId = u32;
@@ -118,6 +118,7 @@ pub struct Attribution {
     /// Child units that went to the overflow series because of the cap.
     pub child_overflowed: u64,
     workloads: Workloads,
+    identities: Identities,
     workload_stats: Vec<WorkloadStats>,
 }
 
@@ -131,6 +132,7 @@ impl Attribution {
             labelled_children: 0,
             child_overflowed: 0,
             workloads,
+            identities: Identities::default(),
             workload_stats: vec![WorkloadStats::default()],
         }
     }
@@ -145,17 +147,32 @@ impl Attribution {
         self.units.get(&id)
     }
 
-    pub fn workloads(&self) -> impl Iterator<Item = (&str, &WorkloadStats)> {
+    pub fn workloads(&self) -> impl Iterator<Item = (&Identity, &WorkloadStats)> {
         self.workload_stats
             .iter()
             .enumerate()
-            .map(|(i, s)| (self.workloads.name(i as WorkloadId), s))
+            .map(|(i, s)| (self.workloads.identity(i as WorkloadId), s))
     }
 
-    /// A workload label within the cap shared by every `workload` label (crash and OOM
-    /// counters included): past it, `_other`, counted.
-    pub fn admit_workload(&mut self, name: String) -> String {
-        self.workloads.admit(name)
+    /// What a process in `cgroup` belongs to (cached per cgroup path).
+    pub fn identify(
+        &mut self,
+        cgroup: Option<&str>,
+        comm: &str,
+        kernel_thread: bool,
+    ) -> Arc<Identity> {
+        self.identities.identify(cgroup, comm, kernel_thread)
+    }
+
+    /// Whether a tracked process was found to be a kernel thread (PF_KTHREAD).
+    pub fn is_kernel_thread(&self, p: &TrackedProcess) -> bool {
+        self.workloads.identity(p.ext.workload).kind == crate::workload::identity::Kind::Kernel
+    }
+
+    /// A workload within the cap shared by every `workload` label (crash and OOM counters
+    /// included): past it, `_other`, counted.
+    pub fn admit_workload(&mut self, identity: Arc<Identity>) -> Arc<Identity> {
+        self.workloads.admit(identity)
     }
 
     /// Watches `pid` from now on (`procmon run` watches the command it starts). Its fork may
@@ -347,13 +364,21 @@ impl Attribution {
 
     /// Records a process's cgroup: its workload, and `cgroup:` selectors (the topmost
     /// process of a matching cgroup becomes the watched root).
-    pub fn set_cgroup(&mut self, tree: &mut ProcessTree, pid: u32, start_ns: u64, path: &str) {
+    pub fn set_cgroup(
+        &mut self,
+        tree: &mut ProcessTree,
+        pid: u32,
+        start_ns: u64,
+        path: &str,
+        kernel_thread: bool,
+    ) {
         let Some(p) = tree.get(pid).filter(|p| same_start(p.start_ns, start_ns)) else {
             return;
         };
-        let workload = self
-            .workloads
-            .intern(&workload::label(Some(path), &p.comm.to_lossy()));
+        let identity = self
+            .identities
+            .identify(Some(path), &p.comm.to_lossy(), kernel_thread);
+        let workload = self.workloads.intern(&identity);
         if self.workload_stats.len() <= workload as usize {
             self.workload_stats
                 .resize(workload as usize + 1, WorkloadStats::default());
@@ -636,15 +661,38 @@ mod tests {
         let (mut tree, mut a) = setup(&["cgroup:/system.slice/app.service"]);
         fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
         fork_(&mut tree, &mut a, 11, 10, 3 * SEC);
-        a.set_cgroup(&mut tree, 1, SEC, "/init.scope");
-        a.set_cgroup(&mut tree, 10, 2 * SEC, "/system.slice/app.service");
-        a.set_cgroup(&mut tree, 11, 3 * SEC, "/system.slice/app.service");
+        a.set_cgroup(&mut tree, 1, SEC, "/init.scope", false);
+        a.set_cgroup(&mut tree, 10, 2 * SEC, "/system.slice/app.service", false);
+        a.set_cgroup(&mut tree, 11, 3 * SEC, "/system.slice/app.service", false);
         assert!(a.root_of(&tree, 10).is_some());
         assert!(a.root_of(&tree, 11).is_none());
-        let names: Vec<&str> = a.workloads().map(|(n, _)| n).collect();
+        let names: Vec<&str> = a.workloads().map(|(n, _)| n.workload.as_str()).collect();
         assert!(
             names.contains(&"app.service") && names.contains(&"init.scope"),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn kernel_threads_share_one_workload() {
+        let (mut tree, mut a) = setup(&[]);
+        for (pid, comm) in [
+            (2u32, "kthreadd"),
+            (30, "kworker/0:1-events"),
+            (31, "ksoftirqd/0"),
+        ] {
+            fork_(
+                &mut tree,
+                &mut a,
+                pid,
+                if pid == 2 { 0 } else { 2 },
+                pid as u64 * SEC,
+            );
+            tree.get_mut(pid).unwrap().comm = crate::tree::Comm::from_bytes(comm.as_bytes());
+            a.set_cgroup(&mut tree, pid, pid as u64 * SEC, "/", true);
+        }
+        let names: Vec<&str> = a.workloads().map(|(n, _)| n.workload.as_str()).collect();
+        assert_eq!(names, ["_other", "kernel"]);
+        assert!(a.is_kernel_thread(tree.get(30).unwrap()));
     }
 }
