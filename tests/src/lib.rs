@@ -18,6 +18,7 @@ pub mod http;
 pub mod kmsg;
 pub mod memcg;
 pub mod prom;
+pub mod rootfs;
 pub mod sse;
 pub mod workload;
 

@@ -19,6 +19,7 @@ pub fn run(root: &Path) -> Result<()> {
         ensure::Need::Lint,
         ensure::Need::Agent,
         ensure::Need::Tests,
+        ensure::Need::Containers,
     ])?;
 
     header("build eBPF programs");
