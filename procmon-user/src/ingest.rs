@@ -169,9 +169,15 @@ impl Batch<'_> {
                     unreachable!("every exit record is classified above")
                 };
                 c.exits[Outcome::ALL.iter().position(|&o| o == outcome).unwrap()].inc();
-                let fields = self
-                    .render
-                    .then(|| self.exit_event_fields(&r, status, outcome, gone.as_ref()));
+                let fields = self.render.then(|| {
+                    self.exit_event_fields(
+                        &r,
+                        status,
+                        outcome,
+                        death.cgroup.as_deref(),
+                        gone.as_ref(),
+                    )
+                });
                 if let Some(fields) = &fields {
                     self.publish(events::render(EventKind::Exit, &fields.event()));
                 }
@@ -253,14 +259,16 @@ impl Batch<'_> {
         r: &ExitRecord,
         status: ExitStatus,
         outcome: Outcome,
+        death_cgroup: Option<&str>,
         process: Option<&TrackedProcess>,
     ) -> ExitFields {
         let (user, system) = split_cpu(r.runtime_ns, r.utime_ns, r.stime_ns);
         let comm = Comm::from_raw(r.comm).to_lossy();
-        // The cgroup the tree last read (or inherited at fork: a short-lived process is
-        // in its parent's container). Only containers add fields to an exit event.
-        let identity = process
-            .and_then(|p| p.ext.cgroup.as_deref())
+        // The cgroup the kernel read at death (crash signals and SIGKILL), else the one the
+        // tree last read or inherited at fork: the same guess the workload series make for
+        // a process too short-lived to be read. Only containers add fields to an exit event.
+        let identity = death_cgroup
+            .or_else(|| process.and_then(|p| p.ext.cgroup.as_deref()))
             .map(|cgroup| self.state.attribution.identify(Some(cgroup), &comm, false))
             .filter(|id| id.container_id.is_some() || id.pod_uid.is_some());
         ExitFields {

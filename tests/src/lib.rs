@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod container;
+pub mod daemonset;
 pub mod http;
 pub mod kmsg;
 pub mod memcg;

@@ -63,6 +63,7 @@ impl Need {
                     "buildah",
                     "busybox-static",
                     "kubernetes-client",
+                    "python3-yaml",
                 ],
                 "the container tests run workloads and the agent in podman containers (runc), \
                  from a busybox-static rootfs, with the security context kubectl renders from \

@@ -179,15 +179,19 @@ mod tests {
             let mut batch = ingest.batch(&shared);
             batch.apply(&encode(&rec::fork(10, 1, start)));
             batch.apply(&encode(&rec::fork(11, 1, start)));
+            batch.apply(&encode(&rec::fork(12, 1, start)));
         }
+        // Only the kernel's record names pid 10's cgroup: as for a process that died before
+        // the agent read it. Pid 12's was read from /proc.
         shared
             .lock()
-            .set_cgroup(10, start, &format!("/machine.slice/{scope}"), false);
+            .set_cgroup(12, start, &format!("/libpod_parent/libpod-{CID}"), false);
         {
             let mut batch = ingest.batch(&shared);
             batch.apply(&encode(&rec::cgroup(10, start, &["machine.slice", &scope])));
             batch.apply(&encode(&rec::exit(10, 1, start, libc::SIGSEGV as u32)));
             batch.apply(&encode(&rec::exit(11, 1, start, 0)));
+            batch.apply(&encode(&rec::exit(12, 1, start, 3 << 8)));
         }
         let events: Vec<serde_json::Value> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|m| serde_json::from_slice(&m.json).unwrap())
@@ -198,7 +202,7 @@ mod tests {
                 .find(|e| e["kind"] == kind && e["pid"] == pid)
                 .unwrap_or_else(|| panic!("no {kind} of {pid} in {events:?}"))
         };
-        for e in [by("exit", 10), by("crash", 10)] {
+        for e in [by("exit", 10), by("crash", 10), by("exit", 12)] {
             assert_eq!(e["container_id"], CID, "{e}");
             assert_eq!(e["runtime"], "podman", "{e}");
             assert!(e.get("pod_uid").is_none(), "not a pod: {e}");
