@@ -64,6 +64,7 @@ impl Need {
                     "busybox-static",
                     "kubernetes-client",
                     "python3-yaml",
+                    "python3-venv",
                 ],
                 "the container tests run workloads and the agent in podman containers (runc), \
                  from a busybox-static rootfs, with the security context kubectl renders from \
@@ -136,6 +137,31 @@ fn debian_packages(needs: &[Need]) -> Result<()> {
             .args(&missing),
     )
     .context("apt-get install failed: check the apt sources (LLVM 22 comes from bookworm-security)")
+}
+
+/// PyPI's kubernetes-validate (Kubernetes' OpenAPI schemas, offline), in a virtualenv under
+/// `target/` (Debian's Python refuses system-wide pip installs). Returns its executable,
+/// which the end-to-end tests get as `PROCMON_KUBERNETES_VALIDATE`.
+pub fn kubernetes_validate(root: &Path) -> Result<std::path::PathBuf> {
+    let venv = root.join("target/tools/kubernetes-validate");
+    let exe = venv.join("bin/kubernetes-validate");
+    if exe.is_file() {
+        return Ok(exe);
+    }
+    eprintln!(
+        "installing kubernetes-validate (PyPI) in {}: the tests validate the rendered \
+         manifests against Kubernetes' schemas",
+        venv.display()
+    );
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        .context("cannot create a Python virtualenv (Debian package python3-venv)")?;
+    cmd::run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "kubernetes-validate",
+    ]))
+    .context("pip could not install kubernetes-validate: check network access to PyPI")?;
+    Ok(exe)
 }
 
 /// A command a package provides that may come from elsewhere: a kubectl installed with

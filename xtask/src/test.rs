@@ -22,6 +22,8 @@ pub fn run(root: &Path) -> Result<()> {
         ensure::Need::Containers,
     ])?;
 
+    let kubernetes_validate = ensure::kubernetes_validate(root)?;
+
     header("build eBPF programs");
     ebpf::build(root)?;
 
@@ -51,7 +53,8 @@ pub fn run(root: &Path) -> Result<()> {
                 "--",
                 "--test-threads=1",
             ])
-            .env("PROCMON_BIN", &agent),
+            .env("PROCMON_BIN", &agent)
+            .env("PROCMON_KUBERNETES_VALIDATE", &kubernetes_validate),
         &mut tally,
     )
     .context("end-to-end tests failed")?;
