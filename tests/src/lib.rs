@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cgroup;
 pub mod container;
 pub mod daemonset;
 pub mod http;

@@ -3,72 +3,16 @@
 //! agent names its pod UID, QoS class, container id and runtime, in the workload series
 //! and in the crash event when the process dies of SIGSEGV.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command},
-    time::Duration,
-};
+use std::time::Duration;
 
-use procmon_tests::{require_root, wait_for, Agent};
+use procmon_tests::{
+    cgroup::{hierarchy, Cgroup},
+    require_root, wait_for, Agent,
+};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const CID: &str = "5e3c1a7b9d2f4e6a8c0b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c";
-
-/// The hierarchy the agent reads a process's cgroup from on this host: v1 `memory` on a
-/// hybrid host (everything sits in the v2 root there), else the v2 root.
-fn hierarchy() -> PathBuf {
-    let v1 = Path::new("/sys/fs/cgroup/memory");
-    if v1.join("cgroup.procs").exists() && !v1.join("cgroup.controllers").exists() {
-        return v1.to_path_buf();
-    }
-    PathBuf::from("/sys/fs/cgroup")
-}
-
-/// A nested cgroup, removed (innermost first) on drop.
-struct Cgroup {
-    root: PathBuf,
-    parts: Vec<String>,
-}
-
-impl Cgroup {
-    fn create(root: &Path, parts: &[&str]) -> Cgroup {
-        let cg = Cgroup {
-            root: root.to_path_buf(),
-            parts: parts.iter().map(|s| s.to_string()).collect(),
-        };
-        std::fs::create_dir_all(cg.dir())
-            .unwrap_or_else(|e| panic!("creating {}: {e}", cg.dir().display()));
-        cg
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.parts.iter().fold(self.root.clone(), |p, c| p.join(c))
-    }
-
-    /// A `sleep` that moved itself into this cgroup before exec'ing (so the agent reads
-    /// its cgroup after the move).
-    fn spawn_sleeper(&self) -> Child {
-        let procs = self.dir().join("cgroup.procs");
-        Command::new("/bin/sh")
-            .arg("-c")
-            .arg(format!("echo $$ > {} && exec sleep 600", procs.display()))
-            .spawn()
-            .expect("spawning sh")
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for depth in (1..=self.parts.len()).rev() {
-            let dir = self.parts[..depth]
-                .iter()
-                .fold(self.root.clone(), |p, c| p.join(c));
-            // Emptied cgroups may take a moment to become removable.
-            let _ = wait_for(Duration::from_secs(5), || std::fs::remove_dir(&dir).ok());
-        }
-    }
-}
 
 struct Case {
     parts: Vec<String>,
