@@ -133,7 +133,10 @@ impl Declared {
     /// [`Declared::add`]; the tests drop one at a time).
     pub fn podman_flags(&self, add: &[String]) -> Vec<String> {
         assert!(!self.privileged, "the DaemonSet must not be privileged");
-        let mut flags = Vec::new();
+        // Kubelet's runtimes give every pod a private cgroup namespace on cgroup v2 nodes
+        // (a pod cannot ask for the host's); the agent must resolve others' cgroups from
+        // there, so the tests always run it that way.
+        let mut flags = vec!["--cgroupns=private".to_string()];
         if self.host_pid {
             flags.push("--pid=host".to_string());
         }

@@ -260,6 +260,21 @@ fn daemonset_security_context_is_enough_and_minimal() {
     .unwrap_or_else(|| panic!("no oom_kill event of host pid {victim}"));
     assert_eq!(oom["cgroup"], cg.path, "{oom}");
     eprintln!("under the declared context: host exit of pid {pid}, OOM kill of pid {victim}");
+    // From its private cgroup namespace, another container's crash is still named by
+    // the container's id and runtime.
+    let crasher = podman.start(&[], &["/bin/sh", "-c", "sh -c 'kill -SEGV $$'; true"]);
+    podman.wait(&crasher);
+    let crash = wait_for(TIMEOUT, || {
+        container_events(&agent.events(), "crash", &crasher)
+            .first()
+            .map(|e| (*e).clone())
+    })
+    .unwrap_or_else(|| panic!("the agent in its container saw no crash in container {crasher}"));
+    assert_eq!(crash["runtime"], "podman", "{crash}");
+    eprintln!(
+        "from a private cgroup namespace: crash in {}",
+        crash["workload"]
+    );
     podman.run(&["stop", "-t", "10", &agent.id]);
     assert_eq!(podman.wait(&agent.id), 0, "{}", podman.logs(&agent.id));
 
