@@ -275,14 +275,14 @@ async fn resolve_cgroups(shared: &Arc<Shared>, limit: usize) {
     if wanted.is_empty() {
         return;
     }
-    let found: Vec<(u32, u64, String, bool)> = tokio::task::spawn_blocking(move || {
+    let found: Vec<(u32, u64, Option<String>, bool)> = tokio::task::spawn_blocking(move || {
         wanted
             .into_iter()
             .map(|(pid, start)| {
                 (
                     pid,
                     start,
-                    procfs::read_cgroup(PROC.as_ref(), pid).unwrap_or_else(|| "/".into()),
+                    procfs::read_cgroup(PROC.as_ref(), pid),
                     procfs::is_kernel_thread(PROC.as_ref(), pid),
                 )
             })
@@ -292,7 +292,13 @@ async fn resolve_cgroups(shared: &Arc<Shared>, limit: usize) {
     .unwrap_or_default();
     let mut state = shared.lock();
     for (pid, start, path, kernel_thread) in found {
-        state.set_cgroup(pid, start, &path, kernel_thread);
+        match path {
+            Some(path) => state.set_cgroup(pid, start, &path, kernel_thread),
+            // Gone before it could be read (a compiler run, a shell pipeline): it keeps
+            // the workload inherited from its parent. Naming it after the root cgroup would
+            // make its comm a workload, and every short-lived command a series.
+            None => state.cgroup_unreadable(pid, start),
+        }
     }
 }
 

@@ -362,6 +362,17 @@ impl Attribution {
             .collect()
     }
 
+    /// Marks a process's cgroup as read without changing its workload (it keeps its
+    /// parent's), so a process that cannot be read is not retried every round.
+    pub fn cgroup_unreadable(&mut self, tree: &mut ProcessTree, pid: u32, start_ns: u64) {
+        if let Some(p) = tree
+            .get_mut(pid)
+            .filter(|p| same_start(p.start_ns, start_ns))
+        {
+            p.ext.cgroup_known = true;
+        }
+    }
+
     /// Records a process's cgroup: its workload, and `cgroup:` selectors (the topmost
     /// process of a matching cgroup becomes the watched root).
     pub fn set_cgroup(
@@ -671,6 +682,23 @@ mod tests {
             names.contains(&"app.service") && names.contains(&"init.scope"),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn unreadable_cgroups_keep_the_inherited_workload() {
+        let (mut tree, mut a) = setup(&[]);
+        fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
+        a.set_cgroup(&mut tree, 10, 2 * SEC, "/system.slice/app.service", false);
+        fork_(&mut tree, &mut a, 11, 10, 3 * SEC);
+        tree.get_mut(11).unwrap().comm = crate::tree::Comm::from_bytes(b"rustc");
+        assert!(a.cgroups_to_read(&tree, 10).contains(&(11, 3 * SEC)));
+        a.cgroup_unreadable(&mut tree, 11, 3 * SEC);
+        assert!(
+            !a.cgroups_to_read(&tree, 10).contains(&(11, 3 * SEC)),
+            "not retried"
+        );
+        let names: Vec<&str> = a.workloads().map(|(n, _)| n.workload.as_str()).collect();
+        assert_eq!(names, ["_other", "app.service"], "no workload named rustc");
     }
 
     #[test]
