@@ -126,6 +126,22 @@ impl Podman {
         id
     }
 
+    /// Starts a detached container from `image` (its entrypoint) with `args`. Returns its
+    /// full id.
+    pub fn start_image(&self, flags: &[&str], image: &str, args: &[&str]) -> String {
+        let mut all = vec!["run", "-d"];
+        all.extend(flags);
+        all.push(image);
+        all.extend(args);
+        let id = self.run(&all);
+        assert!(
+            id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "podman run -d printed `{id}`, not a container id"
+        );
+        self.started.borrow_mut().push(id.clone());
+        id
+    }
+
     /// The container's exit code once it has exited (bounded wait).
     pub fn wait(&self, id: &str) -> i32 {
         let code = self.run(&["wait", id]);

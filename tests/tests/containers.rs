@@ -149,12 +149,20 @@ impl<'a> DaemonSetAgent<'a> {
         let out = TempDir::new("ds-events");
         let mut flags = declared.podman_flags(caps);
         flags.push(format!("--volume={}:/out", out.path().display()));
-        let mut command = vec!["/usr/bin/procmon".to_string()];
-        command.extend(declared.args.iter().cloned());
-        command.extend(["--events".into(), "/out/events.jsonl".into()]);
+        let mut args = declared.args.clone();
+        args.extend(["--events".into(), "/out/events.jsonl".into()]);
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let command: Vec<&str> = command.iter().map(String::as_str).collect();
-        let id = podman.start(&flags, &command);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // The image `cargo xtask test` built (its entrypoint is the agent), else the
+        // agent under test in the tests' rootfs.
+        let id = match std::env::var("PROCMON_IMAGE") {
+            Ok(image) => podman.start_image(&flags, &image, &args),
+            Err(_) => {
+                let mut command = vec!["/usr/bin/procmon"];
+                command.extend(args);
+                podman.start(&flags, &command)
+            }
+        };
         DaemonSetAgent { podman, id, out }
     }
 

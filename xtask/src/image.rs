@@ -30,6 +30,21 @@ pub fn tag() -> String {
 pub fn run(root: &Path, options: &Options) -> Result<()> {
     ensure::ensure(&[ensure::Need::Toolchain, ensure::Need::Image])?;
     crate::build_agent(root)?;
+    let tag = build(root)?;
+    if let Some(archive) = &options.archive {
+        cmd::run(
+            Command::new("buildah")
+                .arg("push")
+                .arg(&tag)
+                .arg(format!("docker-archive:{}:{tag}", archive.display())),
+        )?;
+    }
+    eprintln!("built {tag} (podman and buildah see it; `podman save` it for other runtimes)");
+    Ok(())
+}
+
+/// Builds the image from the release agent already built; returns its tag.
+pub fn build(root: &Path) -> Result<String> {
     let context = root.join("target/image");
     if context.exists() {
         fs::remove_dir_all(&context)
@@ -47,14 +62,5 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             .arg(&context),
     )
     .context("buildah could not build the image")?;
-    if let Some(archive) = &options.archive {
-        cmd::run(
-            Command::new("buildah")
-                .arg("push")
-                .arg(&tag)
-                .arg(format!("docker-archive:{}:{tag}", archive.display())),
-        )?;
-    }
-    eprintln!("built {tag} (podman and buildah see it; `podman save` it for other runtimes)");
-    Ok(())
+    Ok(tag)
 }
