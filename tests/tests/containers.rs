@@ -221,8 +221,9 @@ fn daemonset_security_context_is_enough_and_minimal() {
 
     // Enough: it attaches and traces host processes, including an OOM kill.
     eprintln!(
-        "podman flags from the manifest: {:?}",
-        declared.podman_flags(&declared.add)
+        "podman flags from the manifest: {:?}; image: {}",
+        declared.podman_flags(&declared.add),
+        std::env::var("PROCMON_IMAGE").unwrap_or_else(|_| "none (the tests' rootfs)".into())
     );
     let agent = DaemonSetAgent::start(&podman, &declared, &declared.add);
     if let Err((code, logs)) = agent.ready() {
