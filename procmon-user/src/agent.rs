@@ -279,12 +279,13 @@ async fn resolve_cgroups(shared: &Arc<Shared>, limit: usize) {
         wanted
             .into_iter()
             .map(|(pid, start)| {
-                (
-                    pid,
-                    start,
-                    procfs::read_cgroup(PROC.as_ref(), pid),
-                    procfs::is_kernel_thread(PROC.as_ref(), pid),
-                )
+                let cgroup = procfs::read_cgroup(PROC.as_ref(), pid);
+                // Flags after the cgroup: a process that started exiting before the read
+                // may have shown `/`; one that starts after it was read where it ran.
+                let flags = procfs::read_flags(PROC.as_ref(), pid);
+                let cgroup = cgroup.filter(|_| flags.is_some_and(|f| !f.exiting));
+                let kernel_thread = flags.is_some_and(|f| f.kernel_thread);
+                (pid, start, cgroup, kernel_thread)
             })
             .collect()
     })
@@ -294,8 +295,8 @@ async fn resolve_cgroups(shared: &Arc<Shared>, limit: usize) {
     for (pid, start, path, kernel_thread) in found {
         match path {
             Some(path) => state.set_cgroup(pid, start, &path, kernel_thread),
-            // Gone before it could be read (a compiler run, a shell pipeline): it keeps
-            // the workload inherited from its parent. Naming it after the root cgroup would
+            // Gone or exiting before it could be read (a compiler run, a shell pipeline):
+            // it keeps the workload inherited from its parent. Naming it after the root cgroup would
             // make its comm a workload, and every short-lived command a series.
             None => state.cgroup_unreadable(pid, start),
         }

@@ -73,17 +73,29 @@ pub fn read_exe(proc_root: &Path, pid: u32, start_ns: u64) -> Option<String> {
     Some(exe.to_string_lossy().into_owned())
 }
 
-/// Whether `pid` is a kernel thread: PF_KTHREAD in the flags of `/proc/<pid>/stat`. Comm
-/// cannot tell (a kworker renames itself after its work; anyone may call itself
-/// `kworker/0`), nor can the parent alone (kthreadd also parents usermode helpers).
-pub fn is_kernel_thread(proc_root: &Path, pid: u32) -> bool {
-    fs::read(proc_root.join(pid.to_string()).join("stat"))
-        .ok()
-        .and_then(|stat| stat_flags(&stat))
-        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+/// What the agent needs from a process's flags (`/proc/<pid>/stat`, 9th field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskFlags {
+    /// PF_KTHREAD. Comm cannot tell (a kworker renames itself after its work; anyone may
+    /// call itself `kworker/0`), nor can the parent alone (kthreadd also parents usermode
+    /// helpers).
+    pub kernel_thread: bool,
+    /// PF_EXITING: its /proc/<pid>/cgroup reads `/` on v1 hierarchies from now on
+    /// (proc_cgroup_show), which is not where it ran.
+    pub exiting: bool,
 }
 
-/// include/linux/sched.h; stable since 2.6.
+/// `pid`'s flags, or None if it is gone.
+pub fn read_flags(proc_root: &Path, pid: u32) -> Option<TaskFlags> {
+    let flags = stat_flags(&fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?)?;
+    Some(TaskFlags {
+        kernel_thread: flags & PF_KTHREAD != 0,
+        exiting: flags & PF_EXITING != 0,
+    })
+}
+
+/// include/linux/sched.h; both stable since 2.6.
+const PF_EXITING: u64 = 0x0000_0004;
 const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// The `flags` field of `/proc/<pid>/stat` (the 9th).
@@ -189,14 +201,31 @@ mod tests {
     }
 
     #[test]
-    fn tells_kernel_threads_by_flags() {
+    fn tells_kernel_threads_and_exiting_tasks_by_flags() {
         assert_eq!(stat_flags(&stat_line("a) (b", "S")), Some(4194560));
-        assert!(is_kernel_thread(Path::new("/proc"), 2), "kthreadd");
-        assert!(!is_kernel_thread(Path::new("/proc"), std::process::id()));
-        assert!(
-            !is_kernel_thread(Path::new("/proc"), u32::MAX),
-            "no such pid"
-        );
+        let proc = Path::new("/proc");
+        assert!(read_flags(proc, 2).unwrap().kernel_thread, "kthreadd");
+        let me = read_flags(proc, std::process::id()).unwrap();
+        assert!(!me.kernel_thread && !me.exiting, "{me:?}");
+        assert_eq!(read_flags(proc, u32::MAX), None, "no such pid");
+        // A zombie: its cgroup reads `/` on v1 hierarchies, and PF_EXITING says why.
+        // SAFETY: the child only calls _exit, which is async-signal-safe.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: _exit has no preconditions.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(child > 0, "fork failed");
+        let zombie = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            fs::read(proc.join(child.to_string()).join("stat"))
+                .is_ok_and(|s| s.windows(3).any(|w| w == b") Z"))
+        });
+        let flags = read_flags(proc, child as u32);
+        // SAFETY: reaps our own child; a null status pointer is allowed.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        assert!(zombie, "the child never became a zombie");
+        assert!(flags.is_some_and(|f| f.exiting), "{flags:?}");
     }
 
     #[test]
