@@ -237,6 +237,13 @@ async fn sample_once(sampler: &mut Sampler, shared: &Arc<Shared>, metrics: Optio
     let snapshot = {
         let mut state = shared.lock();
         state.apply_samples(&samples, now);
+        let released = state.attribution.take_released();
+        // Under the state lock, which the reader holds while it counts crashes: a
+        // workload admitted again right after its release keeps its new counts.
+        if let Some(m) = metrics {
+            let names: Vec<&str> = released.iter().map(|w| w.workload.as_str()).collect();
+            m.forget_workloads(&names);
+        }
         state.attribution.snapshot(now)
     };
     // Rendered outside the lock: tens of thousands of series take milliseconds.

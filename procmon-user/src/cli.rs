@@ -78,7 +78,8 @@ pub struct CommonArgs {
     /// How often live processes' CPU and RSS are sampled, e.g. 1s, 500ms [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_sample_interval)]
     pub sample_interval: Option<Duration>,
-    /// How long an exited child of a watched process keeps its series [default: 5m]
+    /// How long an exited child of a watched process, or a workload with no processes left,
+    /// keeps its series [default: 5m]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub retain_exited: Option<Duration>,
     /// Most child series across all watched processes; the rest share pid="_other" [default: 1000]

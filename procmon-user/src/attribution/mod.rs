@@ -96,6 +96,8 @@ impl Unit {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkloadStats {
+    /// Since when no process of the tree has been in it (at the sample passes).
+    pub idle_since_ns: Option<u64>,
     pub processes: u64,
     pub starts: u64,
     pub live_cpu_ns: u64,
@@ -120,6 +122,8 @@ pub struct Attribution {
     workloads: Workloads,
     identities: Identities,
     workload_stats: Vec<WorkloadStats>,
+    /// Workloads released since [`Attribution::take_released`] was last called.
+    released: Vec<Arc<Identity>>,
 }
 
 impl Attribution {
@@ -134,6 +138,7 @@ impl Attribution {
             workloads,
             identities: Identities::default(),
             workload_stats: vec![WorkloadStats::default()],
+            released: Vec::new(),
         }
     }
 
@@ -151,7 +156,14 @@ impl Attribution {
         self.workload_stats
             .iter()
             .enumerate()
+            .filter(|(i, _)| self.workloads.is_live(*i as WorkloadId))
             .map(|(i, s)| (self.workloads.identity(i as WorkloadId), s))
+    }
+
+    /// Workloads released since the last call: their labelled series elsewhere (crash and
+    /// OOM counters) should go too.
+    pub fn take_released(&mut self) -> Vec<Arc<Identity>> {
+        std::mem::take(&mut self.released)
     }
 
     /// What a process in `cgroup` belongs to (cached per cgroup path).
@@ -351,6 +363,28 @@ impl Attribution {
             unit.peak_rss_bytes = unit.peak_rss_bytes.max(unit.live_rss_bytes);
         }
         self.expire(now_ns);
+        self.release_idle_workloads(now_ns);
+    }
+
+    /// Releases workloads no process has been in for `retain_exited`, so that dead
+    /// containers do not hold places under --max-workloads. Only after a full pass: then
+    /// `processes` counts every process of the tree that refers to the workload.
+    fn release_idle_workloads(&mut self, now_ns: u64) {
+        let retain = self.cfg.retain_exited_ns;
+        for (i, stats) in self.workload_stats.iter_mut().enumerate().skip(1) {
+            if stats.processes > 0 {
+                stats.idle_since_ns = None;
+                continue;
+            }
+            let idle_since = *stats.idle_since_ns.get_or_insert(now_ns);
+            if now_ns.saturating_sub(idle_since) <= retain {
+                continue;
+            }
+            if let Some(identity) = self.workloads.release(i as WorkloadId) {
+                self.released.push(identity);
+            }
+            *stats = WorkloadStats::default();
+        }
     }
 
     /// Processes whose cgroup should be (re)read, at most `limit`.
@@ -699,6 +733,58 @@ mod tests {
         );
         let names: Vec<&str> = a.workloads().map(|(n, _)| n.workload.as_str()).collect();
         assert_eq!(names, ["_other", "app.service"], "no workload named rustc");
+    }
+
+    #[test]
+    fn idle_workloads_are_released_after_retention() {
+        let (mut tree, mut a) = setup(&[]);
+        a.cfg.max_workloads = 1;
+        fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
+        a.set_cgroup(
+            &mut tree,
+            10,
+            2 * SEC,
+            "/machine.slice/libpod-aaaaaaaaaaaaaaaa.scope",
+            false,
+        );
+        let names = |a: &Attribution| -> Vec<String> {
+            a.workloads().map(|(n, _)| n.workload.clone()).collect()
+        };
+        exit_(&mut tree, &mut a, 10, 2 * SEC, 1);
+        a.apply_samples(&mut tree, &HashMap::new(), 10 * SEC);
+        assert_eq!(
+            names(&a),
+            ["_other", "podman/aaaaaaaaaaaa"],
+            "within retention"
+        );
+        a.apply_samples(&mut tree, &HashMap::new(), 71 * SEC);
+        assert_eq!(
+            names(&a),
+            ["_other"],
+            "released after 60 s without processes"
+        );
+        let released: Vec<String> = a
+            .take_released()
+            .iter()
+            .map(|i| i.workload.clone())
+            .collect();
+        assert_eq!(released, ["podman/aaaaaaaaaaaa"]);
+        // Its place goes to the next container, although the cap is 1.
+        fork_(&mut tree, &mut a, 11, 1, 72 * SEC);
+        a.set_cgroup(
+            &mut tree,
+            11,
+            72 * SEC,
+            "/machine.slice/libpod-bbbbbbbbbbbbbbbb.scope",
+            false,
+        );
+        a.apply_samples(&mut tree, &HashMap::new(), 200 * SEC);
+        assert_eq!(
+            names(&a),
+            ["_other", "podman/bbbbbbbbbbbb"],
+            "a live one stays"
+        );
+        assert_eq!(a.workloads().nth(1).unwrap().1.processes, 1);
     }
 
     #[test]

@@ -58,10 +58,15 @@ pub type WorkloadId = u32;
 
 /// Interned workloads with a cap, each with the identity it was first admitted with (every
 /// identity of one label has the same container, pod and runtime: they are part of it).
+/// A workload that is gone (its last process exited long enough ago) is released, so its
+/// place under the cap goes to the next one: containers come and go on a node, and a cap
+/// filled by dead ones would fold every new container into [`OVERFLOW`].
 #[derive(Debug)]
 pub struct Workloads {
-    identities: Vec<Arc<Identity>>,
+    /// By id; None for a released id, waiting in `free` to be reused.
+    identities: Vec<Option<Arc<Identity>>>,
     index: HashMap<String, WorkloadId>,
+    free: Vec<WorkloadId>,
     cap: usize,
     /// Times a new name was folded into the overflow series.
     pub overflowed: u64,
@@ -72,10 +77,11 @@ impl Workloads {
         let mut w = Self {
             identities: Vec::new(),
             index: HashMap::new(),
+            free: Vec::new(),
             cap: cap.max(1),
             overflowed: 0,
         };
-        w.intern_unbounded(Arc::new(Identity {
+        w.insert(Arc::new(Identity {
             kind: identity::Kind::Cgroup,
             workload: OVERFLOW.to_string(),
             runtime: None,
@@ -95,11 +101,11 @@ impl Workloads {
             return id;
         }
         // The overflow series itself does not count against the cap.
-        if self.identities.len() > self.cap {
+        if self.identities.len() - self.free.len() > self.cap {
             self.overflowed += 1;
             return self.overflow_id();
         }
-        self.intern_unbounded(identity.clone())
+        self.insert(identity.clone())
     }
 
     /// The identity to export for `identity`: itself once admitted, the [`OVERFLOW`] one
@@ -107,23 +113,55 @@ impl Workloads {
     pub fn admit(&mut self, identity: Arc<Identity>) -> Arc<Identity> {
         let id = self.intern(&identity);
         if id == self.overflow_id() {
-            self.identities[0].clone()
+            self.overflow().clone()
         } else {
             identity
         }
     }
 
-    fn intern_unbounded(&mut self, identity: Arc<Identity>) -> WorkloadId {
-        let id = self.identities.len() as WorkloadId;
+    /// Forgets workload `id` (never the overflow one): nothing may refer to it any more.
+    /// Returns what it was.
+    pub fn release(&mut self, id: WorkloadId) -> Option<Arc<Identity>> {
+        if id == self.overflow_id() {
+            return None;
+        }
+        let identity = self.identities.get_mut(id as usize)?.take()?;
+        self.index.remove(&identity.workload);
+        self.free.push(id);
+        Some(identity)
+    }
+
+    /// Whether `id` names a workload (it was not released).
+    pub fn is_live(&self, id: WorkloadId) -> bool {
+        self.identities
+            .get(id as usize)
+            .is_some_and(Option::is_some)
+    }
+
+    fn insert(&mut self, identity: Arc<Identity>) -> WorkloadId {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.identities.push(None);
+                (self.identities.len() - 1) as WorkloadId
+            }
+        };
         self.index.insert(identity.workload.clone(), id);
-        self.identities.push(identity);
+        self.identities[id as usize] = Some(identity);
         id
+    }
+
+    fn overflow(&self) -> &Arc<Identity> {
+        self.identities[0]
+            .as_ref()
+            .expect("the overflow workload is never released")
     }
 
     pub fn identity(&self, id: WorkloadId) -> &Identity {
         self.identities
             .get(id as usize)
-            .unwrap_or(&self.identities[0])
+            .and_then(Option::as_ref)
+            .unwrap_or_else(|| self.overflow())
     }
 }
 
@@ -147,6 +185,23 @@ mod tests {
         assert_eq!(w.admit(named("a")).workload, "a", "admitted names stay");
         assert_eq!(w.overflowed, 2);
         assert_eq!(w.identity(b).workload, "b");
+    }
+
+    #[test]
+    fn released_workloads_free_their_place_under_the_cap() {
+        let mut w = Workloads::new(2);
+        let a = w.intern(&named("a"));
+        let b = w.intern(&named("b"));
+        assert_eq!(w.intern(&named("c")), w.overflow_id(), "full");
+        assert_eq!(w.release(a).unwrap().workload, "a");
+        assert!(!w.is_live(a) && w.is_live(b));
+        assert_eq!(w.release(a), None, "released once");
+        assert_eq!(w.release(w.overflow_id()), None, "the overflow stays");
+        let c = w.intern(&named("c"));
+        assert_eq!(c, a, "the freed id is reused");
+        assert_eq!(w.identity(c).workload, "c");
+        assert_eq!(w.intern(&named("a")), w.overflow_id(), "full again");
+        assert_eq!(w.intern(&named("b")), b);
     }
 
     #[test]
