@@ -11,16 +11,16 @@ fn workspace() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-fn render() -> String {
+fn render(dir: &str) -> String {
     let out = run_with_timeout(
         Command::new("kubectl")
             .arg("kustomize")
-            .arg(workspace().join("deploy/kubernetes")),
+            .arg(workspace().join(dir)),
         Duration::from_secs(60),
     );
     assert!(
         out.status.success(),
-        "kubectl kustomize deploy/kubernetes failed: {}",
+        "kubectl kustomize {dir} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("UTF-8 manifests")
@@ -32,7 +32,21 @@ fn kubernetes_manifests_render_and_validate() {
     if !require_tool(test, "kubectl", "it renders deploy/kubernetes") {
         return;
     }
-    let rendered = render();
+    let rendered = render("deploy/kubernetes");
+    // The overlay for old kernels is the base plus one capability.
+    let old_kernels = render("deploy/kubernetes-old-kernels");
+    assert!(
+        old_kernels.contains("\n            - SYS_RESOURCE\n"),
+        "deploy/kubernetes-old-kernels does not add SYS_RESOURCE:\n{old_kernels}"
+    );
+    assert_eq!(
+        old_kernels.replace(
+            "            - PERFMON\n            - SYS_RESOURCE\n",
+            "            - PERFMON\n"
+        ),
+        rendered,
+        "deploy/kubernetes-old-kernels differs from the base by more than SYS_RESOURCE"
+    );
     for kind in [
         "Namespace",
         "ServiceAccount",
