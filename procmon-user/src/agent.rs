@@ -305,6 +305,13 @@ async fn sample_once(
     let (snapshot, pegged) = {
         let mut state = shared.lock();
         state.apply_samples(&samples, now);
+        let released = state.attribution.take_released();
+        // Under the state lock, which the reader holds while it counts crashes: a
+        // workload admitted again right after its release keeps its new counts.
+        if let Some(m) = metrics {
+            let names: Vec<&str> = released.iter().map(|w| w.workload.as_str()).collect();
+            m.forget_workloads(&names);
+        }
         let State {
             tree,
             attribution,
@@ -322,8 +329,8 @@ async fn sample_once(
     if let Some((m, hub)) = report {
         for p in pegged {
             if p.pegged {
-                let label = shared.lock().attribution.admit_workload(p.workload);
-                m.cpu_pegged.with_label_values(&[label.as_str()]).inc();
+                // Already a bounded label: the process's admitted workload.
+                m.cpu_pegged.with_label_values(&[p.workload.as_str()]).inc();
             }
             hub.publish(p.msg);
         }
@@ -393,23 +400,31 @@ async fn resolve_cgroups(shared: &Arc<Shared>, limit: usize) {
     if wanted.is_empty() {
         return;
     }
-    let found: Vec<(u32, u64, String)> = tokio::task::spawn_blocking(move || {
+    let found: Vec<(u32, u64, Option<String>, bool)> = tokio::task::spawn_blocking(move || {
         wanted
             .into_iter()
             .map(|(pid, start)| {
-                (
-                    pid,
-                    start,
-                    procfs::read_cgroup(PROC.as_ref(), pid).unwrap_or_else(|| "/".into()),
-                )
+                let cgroup = procfs::read_cgroup(PROC.as_ref(), pid);
+                // Flags after the cgroup: a process that started exiting before the read
+                // may have shown `/`; one that starts after it was read where it ran.
+                let flags = procfs::read_flags(PROC.as_ref(), pid);
+                let cgroup = cgroup.filter(|_| flags.is_some_and(|f| !f.exiting));
+                let kernel_thread = flags.is_some_and(|f| f.kernel_thread);
+                (pid, start, cgroup, kernel_thread)
             })
             .collect()
     })
     .await
     .unwrap_or_default();
     let mut state = shared.lock();
-    for (pid, start, path) in found {
-        state.set_cgroup(pid, start, &path);
+    for (pid, start, path, kernel_thread) in found {
+        match path {
+            Some(path) => state.set_cgroup(pid, start, &path, kernel_thread),
+            // Gone or exiting before it could be read (a compiler run, a shell pipeline):
+            // it keeps the workload inherited from its parent. Naming it after the root cgroup would
+            // make its comm a workload, and every short-lived command a series.
+            None => state.cgroup_unreadable(pid, start),
+        }
     }
 }
 

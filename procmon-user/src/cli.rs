@@ -146,7 +146,8 @@ pub struct CommonArgs {
     /// How often live processes' CPU and RSS are sampled, e.g. 1s, 500ms [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_sample_interval)]
     pub sample_interval: Option<Duration>,
-    /// How long an exited child of a watched process keeps its series [default: 5m]
+    /// How long an exited child of a watched process, or a workload with no processes left,
+    /// keeps its series [default: 5m]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub retain_exited: Option<Duration>,
     /// Most child series across all watched processes; the rest share pid="_other" [default: 1000]
@@ -520,6 +521,74 @@ mod tests {
                 let _ = std::fs::remove_file(&self.0);
             }
         }
+    }
+
+    /// deploy/config.example.toml documents every setting with its default: it must parse,
+    /// and resolve to exactly what no config at all resolves to.
+    #[test]
+    fn example_config_states_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config.example.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        let keys: Vec<&str> = text
+            .lines()
+            .map(|l| l.trim_start_matches("# "))
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+            .collect();
+        for key in [
+            "listen",
+            "events",
+            "event_kinds",
+            "history",
+            "watch",
+            "sample_interval",
+            "retain_exited",
+            "max_child_series",
+            "max_workloads",
+            "max_processes",
+            "reconcile_interval",
+            "ringbuf_bytes",
+        ] {
+            assert!(keys.contains(&key), "{example} does not document `{key}`");
+        }
+        let from_example = common(&["--config", example]).resolve(None, None).unwrap();
+        let defaults = common(&[]).resolve(None, None).unwrap();
+        assert_eq!(
+            from_example.listen,
+            Some(crate::DEFAULT_LISTEN.parse().unwrap())
+        );
+        assert_eq!(from_example.events, defaults.events);
+        let (a, b) = (&from_example.pipeline, &defaults.pipeline);
+        assert_eq!(
+            (
+                a.max_processes,
+                a.reconcile_interval,
+                a.sample_interval,
+                a.ringbuf_bytes
+            ),
+            (
+                b.max_processes,
+                b.reconcile_interval,
+                b.sample_interval,
+                b.ringbuf_bytes
+            )
+        );
+        assert_eq!((&a.event_kinds, a.history), (&b.event_kinds, b.history));
+        assert_eq!(a.profile, b.profile);
+        let (a, b) = (&a.attribution, &b.attribution);
+        assert_eq!(
+            (
+                a.selectors.len(),
+                a.retain_exited_ns,
+                a.max_child_series,
+                a.max_workloads
+            ),
+            (
+                b.selectors.len(),
+                b.retain_exited_ns,
+                b.max_child_series,
+                b.max_workloads
+            )
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::{
     record::{cgroup_path, decode, peak_rss_bytes, split_cpu, DecodeError, Record, RECORD_KINDS},
     state::{Applied, Shared, State},
     tree::Comm,
-    workload,
+    workload::Identity,
 };
 
 /// Records the decoder rejected, by [`DecodeError::REASONS`]; shared with scrapes.
@@ -169,9 +169,15 @@ impl Batch<'_> {
                     unreachable!("every exit record is classified above")
                 };
                 c.exits[Outcome::ALL.iter().position(|&o| o == outcome).unwrap()].inc();
-                let fields = self
-                    .render
-                    .then(|| self.exit_event_fields(&r, status, outcome));
+                let fields = self.render.then(|| {
+                    self.exit_event_fields(
+                        &r,
+                        status,
+                        outcome,
+                        death.cgroup.as_deref(),
+                        gone.as_ref(),
+                    )
+                });
                 if let Some(fields) = &fields {
                     self.publish(events::render(EventKind::Exit, &fields.event()));
                 }
@@ -249,15 +255,25 @@ impl Batch<'_> {
     }
 
     pub(crate) fn exit_event_fields(
-        &self,
+        &mut self,
         r: &ExitRecord,
         status: ExitStatus,
         outcome: Outcome,
+        death_cgroup: Option<&str>,
+        process: Option<&TrackedProcess>,
     ) -> ExitFields {
         let (user, system) = split_cpu(r.runtime_ns, r.utime_ns, r.stime_ns);
+        let comm = Comm::from_raw(r.comm).to_lossy();
+        // The cgroup the kernel read at death (crash signals and SIGKILL), else the one the
+        // tree last read or inherited at fork: the same guess the workload series make for
+        // a process too short-lived to be read. Only containers add fields to an exit event.
+        let identity = death_cgroup
+            .or_else(|| process.and_then(|p| p.ext.cgroup.as_deref()))
+            .map(|cgroup| self.state.attribution.identify(Some(cgroup), &comm, false))
+            .filter(|id| id.container_id.is_some() || id.pod_uid.is_some());
         ExitFields {
             time: rfc3339(self.clock.at(r.time_ns)),
-            comm: Comm::from_raw(r.comm).to_lossy(),
+            comm,
             pid: r.pid,
             ppid: r.ppid,
             status,
@@ -266,9 +282,30 @@ impl Batch<'_> {
             cpu_system_seconds: system as f64 / 1e9,
             peak_rss_bytes: peak_rss_bytes(r),
             lifetime_seconds: r.time_ns.saturating_sub(r.start_ns) as f64 / 1e9,
+            identity,
         }
     }
+
+    /// What a dying process belonged to, from the cgroup the kernel read as it died.
+    /// Kernel threads are known from the tree (PF_KTHREAD when its cgroup was read), or
+    /// by kthreadd being their parent.
+    fn death_identity(
+        &mut self,
+        cgroup: Option<&str>,
+        comm: &str,
+        pid: u32,
+        ppid: u32,
+        process: Option<&TrackedProcess>,
+    ) -> Arc<Identity> {
+        let attribution = &mut self.state.attribution;
+        let kernel_thread = process.is_some_and(|p| attribution.is_kernel_thread(p))
+            || (cgroup.is_none_or(|c| c == "/") && (pid == KTHREADD || ppid == KTHREADD));
+        attribution.identify(cgroup, comm, kernel_thread)
+    }
 }
+
+/// The pid of kthreadd, which forks every kernel thread (init/main.c rest_init).
+const KTHREADD: u32 = 2;
 
 /// Deaths that matter: crashes and OOM kills are counted per workload (within the label
 /// cap) and reported as `crash` and `oom_kill` events, on top of the ordinary `exit` event.
@@ -284,18 +321,18 @@ impl Batch<'_> {
         process: Option<&TrackedProcess>,
     ) {
         let comm = Comm::from_raw(r.comm).to_lossy();
-        let workload = workload::label(death.cgroup.as_deref(), &comm);
-        let label = self.admit_workload(workload.clone());
+        let identity = self.death_identity(death.cgroup.as_deref(), &comm, r.pid, r.ppid, process);
+        let label = self.admit_workload(identity.clone());
         self.ingest
             .counters
             .crashes
-            .with_label_values(&[label.as_str(), signal_label(status.signal)])
+            .with_label_values(&[label.workload.as_str(), signal_label(status.signal)])
             .inc();
         if let Some(exit) = exit {
             self.publish(crash::crash_event(
                 exit,
                 &death,
-                &workload,
+                &identity,
                 ancestry.as_deref().unwrap_or_default(),
                 process,
                 r.time_ns,
@@ -312,12 +349,14 @@ impl Batch<'_> {
     pub(crate) fn on_oom_kill(&mut self, r: &OomKillRecord) {
         let comm = Comm::from_raw(r.comm).to_lossy();
         let cgroup = cgroup_path(&r.cgroup);
-        let workload = workload::label(cgroup.as_deref(), &comm);
-        let label = self.admit_workload(workload.clone());
+        let victim = self.state.tree.get_exact(r.pid, r.start_ns).cloned();
+        let identity =
+            self.death_identity(cgroup.as_deref(), &comm, r.pid, r.ppid, victim.as_ref());
+        let label = self.admit_workload(identity.clone());
         self.ingest
             .counters
             .oom_kills
-            .with_label_values(&[label.as_str(), "SIGKILL"])
+            .with_label_values(&[label.workload.as_str(), "SIGKILL"])
             .inc();
         if self.render {
             let seen = oom::Seen {
@@ -326,15 +365,15 @@ impl Batch<'_> {
                 proc_root: &self.ingest.proc_root,
                 clock: &self.clock,
             };
-            let msg = oom::render_oom_kill(&seen, r, &comm, cgroup.as_deref(), &workload);
+            let msg = oom::render_oom_kill(&seen, r, &comm, cgroup.as_deref(), &identity);
             self.publish(msg);
         }
     }
 
     /// The workload label to export: the same capped names as the per-workload series
     /// (--max-workloads, overflow counted in procmon_workload_overflow_total).
-    pub(crate) fn admit_workload(&mut self, workload: String) -> String {
-        self.state.attribution.admit_workload(workload)
+    pub(crate) fn admit_workload(&mut self, identity: Arc<Identity>) -> Arc<Identity> {
+        self.state.attribution.admit_workload(identity)
     }
 }
 

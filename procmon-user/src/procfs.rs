@@ -73,6 +73,39 @@ pub fn read_exe(proc_root: &Path, pid: u32, start_ns: u64) -> Option<String> {
     Some(exe.to_string_lossy().into_owned())
 }
 
+/// What the agent needs from a process's flags (`/proc/<pid>/stat`, 9th field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskFlags {
+    /// PF_KTHREAD. Comm cannot tell (a kworker renames itself after its work; anyone may
+    /// call itself `kworker/0`), nor can the parent alone (kthreadd also parents usermode
+    /// helpers).
+    pub kernel_thread: bool,
+    /// PF_EXITING: its /proc/<pid>/cgroup reads `/` on v1 hierarchies from now on
+    /// (proc_cgroup_show), which is not where it ran.
+    pub exiting: bool,
+}
+
+/// `pid`'s flags, or None if it is gone.
+pub fn read_flags(proc_root: &Path, pid: u32) -> Option<TaskFlags> {
+    let flags = stat_flags(&fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?)?;
+    Some(TaskFlags {
+        kernel_thread: flags & PF_KTHREAD != 0,
+        exiting: flags & PF_EXITING != 0,
+    })
+}
+
+/// include/linux/sched.h; both stable since 2.6.
+const PF_EXITING: u64 = 0x0000_0004;
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The `flags` field of `/proc/<pid>/stat` (the 9th).
+fn stat_flags(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    // After comm: state(0) ppid(1) pgrp(2) session(3) tty_nr(4) tpgid(5) flags(6).
+    rest.split_ascii_whitespace().nth(6)?.parse().ok()
+}
+
 /// Parses `/proc/<pid>/stat`. The comm field may hold spaces and parentheses, so it spans
 /// from the first '(' to the last ')'.
 pub fn parse_stat(stat: &[u8]) -> Option<ProcSnapshot> {
@@ -165,6 +198,34 @@ mod tests {
         assert_eq!(parse_cgroup(unified), "/system.slice/nginx.service");
         assert_eq!(parse_cgroup("0::/\n"), "/");
         assert_eq!(parse_cgroup("garbage"), "/");
+    }
+
+    #[test]
+    fn tells_kernel_threads_and_exiting_tasks_by_flags() {
+        assert_eq!(stat_flags(&stat_line("a) (b", "S")), Some(4194560));
+        let proc = Path::new("/proc");
+        assert!(read_flags(proc, 2).unwrap().kernel_thread, "kthreadd");
+        let me = read_flags(proc, std::process::id()).unwrap();
+        assert!(!me.kernel_thread && !me.exiting, "{me:?}");
+        assert_eq!(read_flags(proc, u32::MAX), None, "no such pid");
+        // A zombie: its cgroup reads `/` on v1 hierarchies, and PF_EXITING says why.
+        // SAFETY: the child only calls _exit, which is async-signal-safe.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: _exit has no preconditions.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(child > 0, "fork failed");
+        let zombie = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            fs::read(proc.join(child.to_string()).join("stat"))
+                .is_ok_and(|s| s.windows(3).any(|w| w == b") Z"))
+        });
+        let flags = read_flags(proc, child as u32);
+        // SAFETY: reaps our own child; a null status pointer is allowed.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        assert!(zombie, "the child never became a zombie");
+        assert!(flags.is_some_and(|f| f.exiting), "{flags:?}");
     }
 
     #[test]

@@ -132,10 +132,16 @@ impl State {
         }
     }
 
-    /// The memory cgroup read from /proc for a process.
-    pub fn set_cgroup(&mut self, pid: u32, start_ns: u64, path: &str) {
+    /// A process whose cgroup could not be read (it exited first): not asked for again.
+    pub fn cgroup_unreadable(&mut self, pid: u32, start_ns: u64) {
         self.attribution
-            .set_cgroup(&mut self.tree, pid, start_ns, path);
+            .cgroup_unreadable(&mut self.tree, pid, start_ns);
+    }
+
+    /// The memory cgroup read from /proc for a process, and whether it is a kernel thread.
+    pub fn set_cgroup(&mut self, pid: u32, start_ns: u64, path: &str, kernel_thread: bool) {
+        self.attribution
+            .set_cgroup(&mut self.tree, pid, start_ns, path, kernel_thread);
     }
 }
 

@@ -14,11 +14,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cgroup;
+pub mod container;
+pub mod daemonset;
 pub mod hot;
 pub mod http;
 pub mod kmsg;
 pub mod memcg;
 pub mod prom;
+pub mod rootfs;
 pub mod sse;
 pub mod workload;
 

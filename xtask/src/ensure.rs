@@ -19,6 +19,12 @@ pub enum Need {
     Tests,
     /// The benchmarks: stress-ng generates the load.
     Bench,
+    /// `cargo xtask image`: buildah builds the image.
+    Image,
+    /// The container tests: podman with runc runs them (crun refuses hybrid cgroup hosts),
+    /// busybox-static is the containers' userland, kubectl renders the DaemonSet whose
+    /// security context they reproduce, and buildah builds the image.
+    Containers,
     /// The kernel matrix: QEMU boots the kernels, busybox is the guest's userland and
     /// promtool runs inside the guest.
     Vm,
@@ -46,6 +52,24 @@ impl Need {
                 &["stress-ng", "bpftool", "prometheus-process-exporter"],
                 "the benchmarks generate fork storms with stress-ng, read BPF stats with bpftool \
                  and compare sampling against process-exporter",
+            ),
+            Need::Image => (
+                &["buildah"],
+                "cargo xtask image builds the image with buildah",
+            ),
+            Need::Containers => (
+                &[
+                    "podman",
+                    "runc",
+                    "buildah",
+                    "busybox-static",
+                    "kubernetes-client",
+                    "python3-yaml",
+                    "python3-venv",
+                ],
+                "the container tests run workloads and the agent in podman containers (runc), \
+                 from a busybox-static rootfs, with the security context kubectl renders from \
+                 deploy/kubernetes",
             ),
             Need::Vm => (
                 &["qemu-system-x86", "busybox-static", "prometheus"],
@@ -92,7 +116,7 @@ fn debian_packages(needs: &[Need]) -> Result<()> {
     for need in needs {
         let (packages, why) = need.packages();
         for &package in packages {
-            if !installed(package)? {
+            if !installed(package)? && !provided_otherwise(package) {
                 eprintln!("installing Debian package {package}: {why}");
                 missing.push(package);
             }
@@ -114,6 +138,42 @@ fn debian_packages(needs: &[Need]) -> Result<()> {
             .args(&missing),
     )
     .context("apt-get install failed: check the apt sources (LLVM 22 comes from bookworm-security)")
+}
+
+/// PyPI's kubernetes-validate (Kubernetes' OpenAPI schemas, offline), in a virtualenv under
+/// `target/` (Debian's Python refuses system-wide pip installs). Returns its executable,
+/// which the end-to-end tests get as `PROCMON_KUBERNETES_VALIDATE`.
+pub fn kubernetes_validate(root: &Path) -> Result<std::path::PathBuf> {
+    let venv = root.join("target/tools/kubernetes-validate");
+    let exe = venv.join("bin/kubernetes-validate");
+    if exe.is_file() {
+        return Ok(exe);
+    }
+    eprintln!(
+        "installing kubernetes-validate (PyPI) in {}: the tests validate the rendered \
+         manifests against Kubernetes' schemas",
+        venv.display()
+    );
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        .context("cannot create a Python virtualenv (Debian package python3-venv)")?;
+    cmd::run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "kubernetes-validate",
+    ]))
+    .context("pip could not install kubernetes-validate: check network access to PyPI")?;
+    Ok(exe)
+}
+
+/// A command a package provides that may come from elsewhere: a kubectl installed with
+/// the cloud SDKs must not be overwritten by Debian's older one.
+fn provided_otherwise(package: &str) -> bool {
+    let command = match package {
+        "kubernetes-client" => "kubectl",
+        _ => return false,
+    };
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(command).is_file()))
 }
 
 fn installed(package: &str) -> Result<bool> {

@@ -6,6 +6,7 @@ mod bench;
 mod cmd;
 mod ebpf;
 mod ensure;
+mod image;
 mod test;
 mod vm;
 
@@ -42,6 +43,9 @@ enum Command {
     Test,
     /// Benchmarks (needs root): fork-storm overhead, sampling 10,000 processes.
     Bench(bench::Options),
+    /// Build the agent's container image (localhost/procmon:VERSION) with buildah, from
+    /// the release binary and deploy/Containerfile, without a registry.
+    Image(image::Options),
     /// Kernel matrix (needs root): boot Debian cloud kernels 5.10, 6.1, 6.12 and the newest
     /// under QEMU and run a focused end-to-end suite in each.
     VmTest(vm::Options),
@@ -81,6 +85,7 @@ fn run(command: Command) -> Result<()> {
         Command::Test => test::run(root()),
         Command::Bench(options) => bench::run(root(), &options),
         Command::VmTest(options) => vm::run(root(), &options),
+        Command::Image(options) => image::run(root(), &options),
     }
 }
 

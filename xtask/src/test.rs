@@ -19,7 +19,11 @@ pub fn run(root: &Path) -> Result<()> {
         ensure::Need::Lint,
         ensure::Need::Agent,
         ensure::Need::Tests,
+        ensure::Need::Containers,
+        ensure::Need::Image,
     ])?;
+
+    let kubernetes_validate = ensure::kubernetes_validate(root)?;
 
     header("build eBPF programs");
     ebpf::build(root)?;
@@ -35,8 +39,10 @@ pub fn run(root: &Path) -> Result<()> {
     header("lints (clippy -D warnings on every crate, rustfmt --check)");
     lint(root)?;
 
-    header("build release agent");
+    header("build release agent and its image");
     crate::build_agent(root)?;
+    // The container tests run the DaemonSet's security context on this very image.
+    let image = crate::image::build(root)?;
 
     header("end-to-end tests (root, one at a time)");
     let agent = crate::agent_path(root);
@@ -50,7 +56,9 @@ pub fn run(root: &Path) -> Result<()> {
                 "--",
                 "--test-threads=1",
             ])
-            .env("PROCMON_BIN", &agent),
+            .env("PROCMON_BIN", &agent)
+            .env("PROCMON_KUBERNETES_VALIDATE", &kubernetes_validate)
+            .env("PROCMON_IMAGE", &image),
         &mut tally,
     )
     .context("end-to-end tests failed")?;

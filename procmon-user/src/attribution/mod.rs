@@ -14,7 +14,7 @@ pub use selector::Selector;
 
 use crate::{
     tree::{same_start, Comm, Extension, Process, Tree},
-    workload::{self, WorkloadId, Workloads},
+    workload::{Identities, Identity, WorkloadId, Workloads},
 };
 
 pub type UnitId = u32;
@@ -96,6 +96,8 @@ impl Unit {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkloadStats {
+    /// Since when no process of the tree has been in it (at the sample passes).
+    pub idle_since_ns: Option<u64>,
     pub processes: u64,
     pub starts: u64,
     pub live_cpu_ns: u64,
@@ -118,7 +120,10 @@ pub struct Attribution {
     /// Child units that went to the overflow series because of the cap.
     pub child_overflowed: u64,
     workloads: Workloads,
+    identities: Identities,
     workload_stats: Vec<WorkloadStats>,
+    /// Workloads released since [`Attribution::take_released`] was last called.
+    released: Vec<Arc<Identity>>,
 }
 
 impl Attribution {
@@ -131,7 +136,9 @@ impl Attribution {
             labelled_children: 0,
             child_overflowed: 0,
             workloads,
+            identities: Identities::default(),
             workload_stats: vec![WorkloadStats::default()],
+            released: Vec::new(),
         }
     }
 
@@ -147,20 +154,42 @@ impl Attribution {
 
     /// The exported workload label of a process's workload id.
     pub fn workload_name(&self, id: WorkloadId) -> &str {
-        self.workloads.name(id)
+        &self.workloads.identity(id).workload
     }
 
-    pub fn workloads(&self) -> impl Iterator<Item = (&str, &WorkloadStats)> {
+    pub fn workloads(&self) -> impl Iterator<Item = (&Identity, &WorkloadStats)> {
         self.workload_stats
             .iter()
             .enumerate()
-            .map(|(i, s)| (self.workloads.name(i as WorkloadId), s))
+            .filter(|(i, _)| self.workloads.is_live(*i as WorkloadId))
+            .map(|(i, s)| (self.workloads.identity(i as WorkloadId), s))
     }
 
-    /// A workload label within the cap shared by every `workload` label (crash and OOM
-    /// counters included): past it, `_other`, counted.
-    pub fn admit_workload(&mut self, name: String) -> String {
-        self.workloads.admit(name)
+    /// Workloads released since the last call: their labelled series elsewhere (crash and
+    /// OOM counters) should go too.
+    pub fn take_released(&mut self) -> Vec<Arc<Identity>> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// What a process in `cgroup` belongs to (cached per cgroup path).
+    pub fn identify(
+        &mut self,
+        cgroup: Option<&str>,
+        comm: &str,
+        kernel_thread: bool,
+    ) -> Arc<Identity> {
+        self.identities.identify(cgroup, comm, kernel_thread)
+    }
+
+    /// Whether a tracked process was found to be a kernel thread (PF_KTHREAD).
+    pub fn is_kernel_thread(&self, p: &TrackedProcess) -> bool {
+        self.workloads.identity(p.ext.workload).kind == crate::workload::identity::Kind::Kernel
+    }
+
+    /// A workload within the cap shared by every `workload` label (crash and OOM counters
+    /// included): past it, `_other`, counted.
+    pub fn admit_workload(&mut self, identity: Arc<Identity>) -> Arc<Identity> {
+        self.workloads.admit(identity)
     }
 
     /// Watches `pid` from now on (`procmon run` watches the command it starts). Its fork may
@@ -339,6 +368,28 @@ impl Attribution {
             unit.peak_rss_bytes = unit.peak_rss_bytes.max(unit.live_rss_bytes);
         }
         self.expire(now_ns);
+        self.release_idle_workloads(now_ns);
+    }
+
+    /// Releases workloads no process has been in for `retain_exited`, so that dead
+    /// containers do not hold places under --max-workloads. Only after a full pass: then
+    /// `processes` counts every process of the tree that refers to the workload.
+    fn release_idle_workloads(&mut self, now_ns: u64) {
+        let retain = self.cfg.retain_exited_ns;
+        for (i, stats) in self.workload_stats.iter_mut().enumerate().skip(1) {
+            if stats.processes > 0 {
+                stats.idle_since_ns = None;
+                continue;
+            }
+            let idle_since = *stats.idle_since_ns.get_or_insert(now_ns);
+            if now_ns.saturating_sub(idle_since) <= retain {
+                continue;
+            }
+            if let Some(identity) = self.workloads.release(i as WorkloadId) {
+                self.released.push(identity);
+            }
+            *stats = WorkloadStats::default();
+        }
     }
 
     /// Processes whose cgroup should be (re)read, at most `limit`.
@@ -350,15 +401,34 @@ impl Attribution {
             .collect()
     }
 
+    /// Marks a process's cgroup as read without changing its workload (it keeps its
+    /// parent's), so a process that cannot be read is not retried every round.
+    pub fn cgroup_unreadable(&mut self, tree: &mut ProcessTree, pid: u32, start_ns: u64) {
+        if let Some(p) = tree
+            .get_mut(pid)
+            .filter(|p| same_start(p.start_ns, start_ns))
+        {
+            p.ext.cgroup_known = true;
+        }
+    }
+
     /// Records a process's cgroup: its workload, and `cgroup:` selectors (the topmost
     /// process of a matching cgroup becomes the watched root).
-    pub fn set_cgroup(&mut self, tree: &mut ProcessTree, pid: u32, start_ns: u64, path: &str) {
+    pub fn set_cgroup(
+        &mut self,
+        tree: &mut ProcessTree,
+        pid: u32,
+        start_ns: u64,
+        path: &str,
+        kernel_thread: bool,
+    ) {
         let Some(p) = tree.get(pid).filter(|p| same_start(p.start_ns, start_ns)) else {
             return;
         };
-        let workload = self
-            .workloads
-            .intern(&workload::label(Some(path), &p.comm.to_lossy()));
+        let identity = self
+            .identities
+            .identify(Some(path), &p.comm.to_lossy(), kernel_thread);
+        let workload = self.workloads.intern(&identity);
         if self.workload_stats.len() <= workload as usize {
             self.workload_stats
                 .resize(workload as usize + 1, WorkloadStats::default());
@@ -641,15 +711,107 @@ mod tests {
         let (mut tree, mut a) = setup(&["cgroup:/system.slice/app.service"]);
         fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
         fork_(&mut tree, &mut a, 11, 10, 3 * SEC);
-        a.set_cgroup(&mut tree, 1, SEC, "/init.scope");
-        a.set_cgroup(&mut tree, 10, 2 * SEC, "/system.slice/app.service");
-        a.set_cgroup(&mut tree, 11, 3 * SEC, "/system.slice/app.service");
+        a.set_cgroup(&mut tree, 1, SEC, "/init.scope", false);
+        a.set_cgroup(&mut tree, 10, 2 * SEC, "/system.slice/app.service", false);
+        a.set_cgroup(&mut tree, 11, 3 * SEC, "/system.slice/app.service", false);
         assert!(a.root_of(&tree, 10).is_some());
         assert!(a.root_of(&tree, 11).is_none());
-        let names: Vec<&str> = a.workloads().map(|(n, _)| n).collect();
+        let names: Vec<&str> = a.workloads().map(|(n, _)| n.workload.as_str()).collect();
         assert!(
             names.contains(&"app.service") && names.contains(&"init.scope"),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn unreadable_cgroups_keep_the_inherited_workload() {
+        let (mut tree, mut a) = setup(&[]);
+        fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
+        a.set_cgroup(&mut tree, 10, 2 * SEC, "/system.slice/app.service", false);
+        fork_(&mut tree, &mut a, 11, 10, 3 * SEC);
+        tree.get_mut(11).unwrap().comm = crate::tree::Comm::from_bytes(b"rustc");
+        assert!(a.cgroups_to_read(&tree, 10).contains(&(11, 3 * SEC)));
+        a.cgroup_unreadable(&mut tree, 11, 3 * SEC);
+        assert!(
+            !a.cgroups_to_read(&tree, 10).contains(&(11, 3 * SEC)),
+            "not retried"
+        );
+        let names: Vec<&str> = a.workloads().map(|(n, _)| n.workload.as_str()).collect();
+        assert_eq!(names, ["_other", "app.service"], "no workload named rustc");
+    }
+
+    #[test]
+    fn idle_workloads_are_released_after_retention() {
+        let (mut tree, mut a) = setup(&[]);
+        a.cfg.max_workloads = 1;
+        fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
+        a.set_cgroup(
+            &mut tree,
+            10,
+            2 * SEC,
+            "/machine.slice/libpod-aaaaaaaaaaaaaaaa.scope",
+            false,
+        );
+        let names = |a: &Attribution| -> Vec<String> {
+            a.workloads().map(|(n, _)| n.workload.clone()).collect()
+        };
+        exit_(&mut tree, &mut a, 10, 2 * SEC, 1);
+        a.apply_samples(&mut tree, &HashMap::new(), 10 * SEC);
+        assert_eq!(
+            names(&a),
+            ["_other", "podman/aaaaaaaaaaaa"],
+            "within retention"
+        );
+        a.apply_samples(&mut tree, &HashMap::new(), 71 * SEC);
+        assert_eq!(
+            names(&a),
+            ["_other"],
+            "released after 60 s without processes"
+        );
+        let released: Vec<String> = a
+            .take_released()
+            .iter()
+            .map(|i| i.workload.clone())
+            .collect();
+        assert_eq!(released, ["podman/aaaaaaaaaaaa"]);
+        // Its place goes to the next container, although the cap is 1.
+        fork_(&mut tree, &mut a, 11, 1, 72 * SEC);
+        a.set_cgroup(
+            &mut tree,
+            11,
+            72 * SEC,
+            "/machine.slice/libpod-bbbbbbbbbbbbbbbb.scope",
+            false,
+        );
+        a.apply_samples(&mut tree, &HashMap::new(), 200 * SEC);
+        assert_eq!(
+            names(&a),
+            ["_other", "podman/bbbbbbbbbbbb"],
+            "a live one stays"
+        );
+        assert_eq!(a.workloads().nth(1).unwrap().1.processes, 1);
+    }
+
+    #[test]
+    fn kernel_threads_share_one_workload() {
+        let (mut tree, mut a) = setup(&[]);
+        for (pid, comm) in [
+            (2u32, "kthreadd"),
+            (30, "kworker/0:1-events"),
+            (31, "ksoftirqd/0"),
+        ] {
+            fork_(
+                &mut tree,
+                &mut a,
+                pid,
+                if pid == 2 { 0 } else { 2 },
+                pid as u64 * SEC,
+            );
+            tree.get_mut(pid).unwrap().comm = crate::tree::Comm::from_bytes(comm.as_bytes());
+            a.set_cgroup(&mut tree, pid, pid as u64 * SEC, "/", true);
+        }
+        let names: Vec<&str> = a.workloads().map(|(n, _)| n.workload.as_str()).collect();
+        assert_eq!(names, ["_other", "kernel"]);
+        assert!(a.is_kernel_thread(tree.get(30).unwrap()));
     }
 }

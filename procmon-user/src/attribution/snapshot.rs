@@ -72,8 +72,11 @@ impl Attribution {
         snap.workloads = self
             .workloads()
             .filter(|(_, w)| w.processes > 0 || w.exited_cpu_ns > 0)
-            .map(|(name, w)| WorkloadRow {
-                workload: name.to_string(),
+            .map(|(id, w)| WorkloadRow {
+                workload: id.workload.clone(),
+                runtime: id.runtime.unwrap_or_default().to_string(),
+                container_id: id.container_id.clone().unwrap_or_default(),
+                pod_uid: id.pod_uid.clone().unwrap_or_default(),
                 cpu_seconds: (w.exited_cpu_ns + w.live_cpu_ns) as f64 / 1e9,
                 rss_bytes: w.live_rss_bytes as f64,
                 processes: w.processes as f64,

@@ -4,8 +4,9 @@
 use crate::{
     attribution::TrackedProcess,
     deaths::Death,
-    events::{self, Ancestor, EventKind, EventMsg, ExitFields},
+    events::{self, Ancestor, ContainerFields, EventKind, EventMsg, ExitFields},
     profile::recent::FlightRecord,
+    workload::Identity,
 };
 
 /// The `crash` event of a death: its exit event's fields, plus where it ran and who
@@ -13,7 +14,7 @@ use crate::{
 pub fn crash_event(
     exit: &ExitFields,
     death: &Death,
-    workload: &str,
+    identity: &Identity,
     ancestry: &[Ancestor],
     process: Option<&TrackedProcess>,
     death_ns: u64,
@@ -21,12 +22,14 @@ pub fn crash_event(
 ) -> EventMsg {
     let mut event = exit.event();
     event.kind = EventKind::Crash;
+    // The cgroup read in the kernel at death outranks what the tree last read.
+    event.container = ContainerFields::of(Some(identity));
     events::render(
         EventKind::Crash,
         &events::CrashEvent {
             exit: event,
             cgroup: death.cgroup.as_deref(),
-            workload,
+            workload: &identity.workload,
             ancestry,
             last_sample: super::last_sample(process, death_ns),
             recent,
@@ -165,6 +168,109 @@ mod tests {
                 .with_label_values(&["u0.service", "SIGABRT"])
                 .get(),
             1
+        );
+    }
+
+    const CID: &str = "4f7a1c0e9b2d3a5f6e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f";
+
+    #[test]
+    fn container_deaths_carry_container_id_runtime_and_pod() {
+        let (metrics, ingest, shared, mut rx) = setup();
+        let start = 5_000_000_000;
+        let scope = format!("libpod-{CID}.scope");
+        {
+            let mut batch = ingest.batch(&shared);
+            batch.apply(&encode(&rec::fork(10, 1, start)));
+            batch.apply(&encode(&rec::fork(11, 1, start)));
+            batch.apply(&encode(&rec::fork(12, 1, start)));
+        }
+        // Only the kernel's record names pid 10's cgroup: as for a process that died before
+        // the agent read it. Pid 12's was read from /proc.
+        shared
+            .lock()
+            .set_cgroup(12, start, &format!("/libpod_parent/libpod-{CID}"), false);
+        {
+            let mut batch = ingest.batch(&shared);
+            batch.apply(&encode(&rec::cgroup(10, start, &["machine.slice", &scope])));
+            batch.apply(&encode(&rec::exit(10, 1, start, libc::SIGSEGV as u32)));
+            batch.apply(&encode(&rec::exit(11, 1, start, 0)));
+            batch.apply(&encode(&rec::exit(12, 1, start, 3 << 8)));
+        }
+        let events: Vec<serde_json::Value> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|m| serde_json::from_slice(&m.json).unwrap())
+            .collect();
+        let by = |kind: &str, pid: u32| {
+            events
+                .iter()
+                .find(|e| e["kind"] == kind && e["pid"] == pid)
+                .unwrap_or_else(|| panic!("no {kind} of {pid} in {events:?}"))
+        };
+        for e in [by("exit", 10), by("crash", 10), by("exit", 12)] {
+            assert_eq!(e["container_id"], CID, "{e}");
+            assert_eq!(e["runtime"], "podman", "{e}");
+            assert!(e.get("pod_uid").is_none(), "not a pod: {e}");
+        }
+        assert_eq!(by("crash", 10)["workload"], "podman/4f7a1c0e9b2d");
+        let host = by("exit", 11);
+        assert!(
+            host.get("container_id").is_none() && host.get("runtime").is_none(),
+            "a host process has no container fields: {host}"
+        );
+        assert_eq!(
+            metrics
+                .crashes
+                .with_label_values(&["podman/4f7a1c0e9b2d", "SIGSEGV"])
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn pod_oom_kills_name_the_pod() {
+        let (metrics, ingest, shared, mut rx) = setup();
+        let uid_ = "0b2c6a3e_8f1d_4e5a_9c7b_1d2e3f4a5b6c";
+        let mut oom = rec::oom_kill(10, 1, 5);
+        oom.cgroup = rec::path(&[
+            "kubepods.slice",
+            "kubepods-burstable.slice",
+            &format!("kubepods-burstable-pod{uid_}.slice"),
+            &format!("cri-containerd-{CID}.scope"),
+        ]);
+        ingest.batch(&shared).apply(&encode(&oom));
+        let o = next_json(&mut rx);
+        let workload = "pod_0b2c6a3e-8f1d-4e5a-9c7b-1d2e3f4a5b6c/4f7a1c0e9b2d";
+        assert_eq!(o["workload"], workload);
+        assert_eq!(o["pod_uid"], "0b2c6a3e-8f1d-4e5a-9c7b-1d2e3f4a5b6c");
+        assert_eq!(o["qos_class"], "Burstable");
+        assert_eq!(o["runtime"], "containerd");
+        assert_eq!(o["container_id"], CID);
+        assert_eq!(
+            metrics
+                .oom_kills
+                .with_label_values(&[workload, "SIGKILL"])
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn kernel_thread_deaths_are_the_kernel_workload() {
+        let (metrics, ingest, shared, _rx) = setup();
+        let mut batch = ingest.batch(&shared);
+        for (pid, name) in [(40u32, "kworker/0:1-ev"), (41, "kworker/1:0-mm")] {
+            let mut exit = rec::exit(pid, 2, 7, libc::SIGSEGV as u32);
+            exit.comm = rec::comm(name.as_bytes());
+            batch.apply(&encode(&rec::cgroup(pid, 7, &[])));
+            batch.apply(&encode(&exit));
+        }
+        drop(batch);
+        assert_eq!(
+            metrics
+                .crashes
+                .with_label_values(&["kernel", "SIGSEGV"])
+                .get(),
+            2,
+            "kworker names never become workloads"
         );
     }
 }

@@ -8,9 +8,10 @@ use std::path::Path;
 use crate::{
     attribution::ProcessTree,
     clock::{rfc3339, WallClock},
-    events::{self, EventKind, EventMsg, OomKillEvent},
+    events::{self, ContainerFields, EventKind, EventMsg, OomKillEvent},
     procfs,
     record::cgroup_path,
+    workload::Identity,
 };
 
 /// With [`oom_flags::INFERRED`], 0 means no memory cgroup was at its limit: `global`.
@@ -46,7 +47,7 @@ pub fn render_oom_kill(
     r: &OomKillRecord,
     comm: &str,
     cgroup: Option<&str>,
-    workload: &str,
+    identity: &Identity,
 ) -> EventMsg {
     let has_task = r.flags & oom_flags::TASK != 0;
     let page = procfs::page_size();
@@ -83,7 +84,8 @@ pub fn render_oom_kill(
             exe: exe.as_deref(),
             uid: has_task.then_some(r.uid),
             cgroup,
-            workload,
+            workload: &identity.workload,
+            container: ContainerFields::of(Some(identity)),
             constraint: constraint_name(r.flags, r.constraint),
             constraint_source: constraint_source(r.flags),
             memcg: memcg.as_deref(),

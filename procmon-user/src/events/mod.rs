@@ -7,11 +7,16 @@ pub mod hub;
 pub mod sink;
 pub mod sse;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use procmon_common::{signal, wait_status, CRASH_SIGNALS};
 use serde::Serialize;
 
-use crate::profile::recent::{FlightRecord, TopStack};
+use crate::{
+    profile::recent::{FlightRecord, TopStack},
+    workload::Identity,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -213,6 +218,36 @@ pub struct ExitEvent<'a> {
     pub cpu_system_seconds: f64,
     pub peak_rss_bytes: u64,
     pub lifetime_seconds: f64,
+    #[serde(flatten)]
+    pub container: ContainerFields<'a>,
+}
+
+/// The container a process ran in: present on `exit`, `crash` and `oom_kill` events of
+/// containerized processes only, so other events are unchanged.
+#[derive(Serialize, Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ContainerFields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos_class: Option<&'a str>,
+}
+
+impl<'a> ContainerFields<'a> {
+    pub fn of(identity: Option<&'a Identity>) -> Self {
+        let Some(id) = identity else {
+            return Self::default();
+        };
+        Self {
+            container_id: id.container_id.as_deref(),
+            runtime: id.runtime,
+            pod_uid: id.pod_uid.as_deref(),
+            qos_class: id.qos.map(|q| q.as_str()),
+        }
+    }
 }
 
 /// One ancestor of a process, nearest first: from the agent's process tree, so `comm` is
@@ -237,6 +272,8 @@ pub struct OomKillEvent<'a> {
     /// The victim's memory cgroup path.
     pub cgroup: Option<&'a str>,
     pub workload: &'a str,
+    #[serde(flatten)]
+    pub container: ContainerFields<'a>,
     /// `memcg` (a memory cgroup's limit), `global` (the machine), `cpuset`,
     /// `memory_policy`, or `unknown` (the OOM context could not be traced).
     pub constraint: &'a str,
@@ -335,6 +372,8 @@ pub struct ExitFields {
     pub cpu_system_seconds: f64,
     pub peak_rss_bytes: u64,
     pub lifetime_seconds: f64,
+    /// What the tree knew of the process's cgroup, when it names a container.
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl ExitFields {
@@ -353,6 +392,7 @@ impl ExitFields {
             cpu_system_seconds: self.cpu_system_seconds,
             peak_rss_bytes: self.peak_rss_bytes,
             lifetime_seconds: self.lifetime_seconds,
+            container: ContainerFields::of(self.identity.as_deref()),
         }
     }
 }

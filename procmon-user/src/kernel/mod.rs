@@ -41,6 +41,8 @@ pub enum KernelError {
     Map(&'static str),
     #[error(transparent)]
     Perf(#[from] perf::PerfError),
+    #[error("bpf(2) is refused ({0}) although procmon holds CAP_BPF: a seccomp profile{1} or a security module blocks it; in a container, run without the runtime's default seccomp profile (Kubernetes: securityContext.seccompProfile.type: Unconfined, podman: --security-opt seccomp=unconfined; see docs/kubernetes.md)")]
+    BpfBlocked(std::io::Error, &'static str),
     #[error("procmon needs Linux {}.{} or newer (BPF ring buffer, BPF task iterator); this kernel is {release}: upgrade the kernel", features::MINIMUM_KERNEL.0, features::MINIMUM_KERNEL.1)]
     TooOld { release: String },
 }
@@ -74,11 +76,56 @@ pub fn check_privileges() -> Result<(), KernelError> {
     .filter(|(c, _)| !has(*c))
     .map(|(_, name)| name)
     .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(KernelError::Privileges(missing.join(", ")))
+    if !missing.is_empty() {
+        return Err(KernelError::Privileges(missing.join(", ")));
     }
+    bpf_syscall_allowed()
+}
+
+/// Creates and closes a one-entry array map: the cheapest bpf(2) call that needs CAP_BPF.
+/// Container runtimes' default seccomp profiles refuse bpf(2) to anyone without
+/// CAP_SYS_ADMIN, which would otherwise surface as an EPERM from the loader that reads
+/// like a kernel problem.
+fn bpf_syscall_allowed() -> Result<(), KernelError> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
+    // SAFETY: a plain C union of integers (bindgen), valid when all zero.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // `__bindgen_anon_1` is the union member BPF_MAP_CREATE reads.
+    attr.__bindgen_anon_1.map_type = bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
+    attr.__bindgen_anon_1.key_size = 4;
+    attr.__bindgen_anon_1.value_size = 4;
+    attr.__bindgen_anon_1.max_entries = 1;
+    // SAFETY: `attr` is a valid bpf_attr for this command, of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_MAP_CREATE as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            size_of::<bpf_attr>() as libc::c_uint,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EPERM) {
+        // Not a permission problem: let the loader report it in context.
+        return Ok(());
+    }
+    let filtered = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.split_whitespace().eq(["Seccomp:", "2"]))
+    });
+    Err(KernelError::BpfBlocked(
+        error,
+        if filtered {
+            " (this process has one)"
+        } else {
+            ""
+        },
+    ))
 }
 
 pub struct LoadConfig {

@@ -30,6 +30,11 @@ pub struct UnitRow {
 #[derive(Debug, Clone, Default)]
 pub struct WorkloadRow {
     pub workload: String,
+    /// Identity labels, empty where they do not apply. Each is a function of `workload`
+    /// (the label embeds the pod UID and container id), so they add no series.
+    pub runtime: String,
+    pub container_id: String,
+    pub pod_uid: String,
     pub cpu_seconds: f64,
     pub rss_bytes: f64,
     pub processes: f64,
@@ -138,7 +143,20 @@ pub fn render(snap: &AttributionSnapshot) -> String {
     let workloads: Vec<(String, &WorkloadRow)> = snap
         .workloads
         .iter()
-        .map(|w| (labels(&[("workload", &w.workload)]), w))
+        .map(|w| {
+            let pairs = [
+                ("workload", w.workload.as_str()),
+                ("runtime", &w.runtime),
+                ("container_id", &w.container_id),
+                ("pod_uid", &w.pod_uid),
+            ];
+            // An empty label is an absent one in Prometheus; leaving it out saves bytes.
+            let present: Vec<(&str, &str)> = pairs
+                .into_iter()
+                .filter(|(n, v)| *n == "workload" || !v.is_empty())
+                .collect();
+            (labels(&present), w)
+        })
         .collect();
     let mut out =
         String::with_capacity(256 + 700 * (roots.len() + children.len()) + 300 * workloads.len());
@@ -281,11 +299,21 @@ mod tests {
                 alive: true,
                 ..Default::default()
             }],
-            workloads: vec![WorkloadRow {
-                workload: "nginx.service".into(),
-                processes: 3.0,
-                ..Default::default()
-            }],
+            workloads: vec![
+                WorkloadRow {
+                    workload: "nginx.service".into(),
+                    processes: 3.0,
+                    ..Default::default()
+                },
+                WorkloadRow {
+                    workload: "pod_0b2c/4f7a1c0e9b2d".into(),
+                    runtime: "containerd".into(),
+                    container_id: "4f7a1c0e9b2d33".into(),
+                    pod_uid: "0b2c".into(),
+                    processes: 1.0,
+                    ..Default::default()
+                },
+            ],
             child_overflowed: 2,
             ..Default::default()
         };
@@ -294,6 +322,7 @@ mod tests {
             "procmon_child_cpu_seconds_total{watch=\"comm:make\",root_pid=\"10\",pid=\"11\",comm=\"cc1 \\\"x\\\"\\n\\\\\"} 1.5",
             "procmon_child_alive{watch=\"comm:make\",root_pid=\"10\",pid=\"11\",comm=\"cc1 \\\"x\\\"\\n\\\\\"} 1",
             "procmon_workload_processes{workload=\"nginx.service\"} 3",
+            "procmon_workload_processes{workload=\"pod_0b2c/4f7a1c0e9b2d\",runtime=\"containerd\",container_id=\"4f7a1c0e9b2d33\",pod_uid=\"0b2c\"} 1",
             "procmon_child_series_overflow_total 2",
             "# TYPE procmon_child_cpu_seconds_total counter",
         ] {

@@ -73,6 +73,30 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Drops the crash and OOM counters of released workloads (attribution releases a
+    /// workload no process has been in for --retain-exited): otherwise every container that
+    /// ever crashed on the node would keep its series, past --max-workloads.
+    pub fn forget_workloads(&self, names: &[&str]) {
+        if names.is_empty() {
+            return;
+        }
+        for vec in [&self.crashes, &self.oom_kills, &self.cpu_pegged] {
+            for family in vec.collect() {
+                for metric in family.get_metric() {
+                    let labels: HashMap<&str, &str> = metric
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name(), l.value()))
+                        .collect();
+                    if labels.get("workload").is_some_and(|w| names.contains(w)) {
+                        // Absent already is fine: nothing to forget.
+                        let _ = vec.remove(&labels);
+                    }
+                }
+            }
+        }
+    }
+
     pub fn new(source: Arc<dyn HealthSource>) -> Self {
         let registry = Registry::new();
         let starts = IntCounter::new(
@@ -486,5 +510,29 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }
+    }
+
+    #[test]
+    fn forgets_the_counters_of_released_workloads() {
+        let m = Metrics::new(Arc::new(Fixed(HealthSnapshot::default())));
+        m.crashes
+            .with_label_values(&["podman/aaaa", "SIGSEGV"])
+            .inc();
+        m.crashes
+            .with_label_values(&["podman/aaaa", "SIGABRT"])
+            .inc();
+        m.crashes
+            .with_label_values(&["app.service", "SIGSEGV"])
+            .inc();
+        m.oom_kills
+            .with_label_values(&["podman/aaaa", "SIGKILL"])
+            .inc();
+        m.forget_workloads(&["podman/aaaa", "never-seen"]);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains("podman/aaaa"), "{text}");
+        assert!(
+            text.contains("procmon_crashes_total{signal=\"SIGSEGV\",workload=\"app.service\"} 1"),
+            "{text}"
+        );
     }
 }
