@@ -163,10 +163,18 @@ fn oom_kill_in_a_memory_cgroup_is_reported_like_the_kernel_does() {
         "ancestry reaches init: {o}"
     );
     // The victim usually dies before a sample pass sees it (null); under slow emulation one
-    // may: then it is a sample of this victim, within the limit.
+    // may: then it is a sample of this victim, within the limit. RSS also counts file pages
+    // (its binary, libc) that may be charged to another cgroup, so those are allowed on top,
+    // with 1 MiB for what changed between the sample and the kill (seen: 92 KiB over on 6.1).
     let last = &o["last_sample"];
+    let uncharged = o["rss_file_bytes"].as_u64().unwrap_or(0)
+        + o["rss_shmem_bytes"].as_u64().unwrap_or(0)
+        + (1 << 20);
     assert!(
-        last.is_null() || last["rss_bytes"].as_u64().is_some_and(|b| b <= LIMIT_BYTES),
+        last.is_null()
+            || last["rss_bytes"]
+                .as_u64()
+                .is_some_and(|b| b <= LIMIT_BYTES + uncharged),
         "last_sample in {o}"
     );
 
