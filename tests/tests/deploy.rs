@@ -50,6 +50,7 @@ fn kubernetes_manifests_render_and_validate() {
     for kind in [
         "Namespace",
         "ServiceAccount",
+        "ResourceQuota",
         "DaemonSet",
         "Service",
         "PodMonitor",
@@ -82,10 +83,16 @@ fn kubernetes_manifests_render_and_validate() {
         out.status.success(),
         "kubernetes-validate --strict failed:\n{report}"
     );
-    for kind in ["namespace", "serviceaccount", "service", "daemonset"] {
+    for object in [
+        "namespace/procmon",
+        "serviceaccount/procmon",
+        "service/procmon",
+        "daemonset/procmon",
+        "resourcequota/procmon-node-critical",
+    ] {
         assert!(
-            report.contains(&format!("passed for resource {kind}/procmon")),
-            "{kind} was not validated:\n{report}"
+            report.contains(&format!("passed for resource {object} ")),
+            "{object} was not validated:\n{report}"
         );
     }
     // Custom resources have no schema there; only the PodMonitor may be unchecked.

@@ -66,10 +66,11 @@ impl Need {
                     "kubernetes-client",
                     "python3-yaml",
                     "python3-venv",
+                    "systemd",
                 ],
                 "the container tests run workloads and the agent in podman containers (runc), \
                  from a busybox-static rootfs, with the security context kubectl renders from \
-                 deploy/kubernetes",
+                 deploy/kubernetes (read with python3-yaml); systemd-analyze verifies the unit",
             ),
             Need::Vm => (
                 &["qemu-system-x86", "busybox-static", "prometheus"],
