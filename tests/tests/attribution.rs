@@ -220,8 +220,21 @@ fn child_cpu_matches_rusage_of_1000_children() {
         off.len(),
         &off[..off.len().min(10)]
     );
+    // Where the kernel skips tracing-program runs (7.x: tracepoint programs are preemptible,
+    // see docs/kernels.md), a skipped run that is not recovered can leave one child's subtree
+    // short (seen once: 1 of 1,000 children 4.9 ms low on 7.3 under emulation). The agent
+    // counts those runs; only then, and for at most 0.5% of the children, is that tolerated
+    // and printed. Everywhere else every child must match.
+    let misses = m.sum("procmon_kernel_program_misses_total", &[]);
+    let tolerated = if misses > 0.0 { CHILDREN / 200 } else { 0 };
+    if !off.is_empty() && off.len() <= tolerated {
+        println!(
+            "cpu attribution: {} children off tolerated: the kernel skipped {misses} probe runs",
+            off.len()
+        );
+    }
     assert!(
-        off.is_empty(),
+        off.len() <= tolerated,
         "{} of {CHILDREN} children have procmon_child_cpu_seconds_total off their own wait4 \
          rusage (below by more than 1% + 50 µs, or above by more than 1% + {} s) \
          (the sum is within 2%: ratio {ratio:.4}); worst (pid, \

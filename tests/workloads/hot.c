@@ -7,8 +7,13 @@
  *   hot threads N SECS       N threads burn; the main thread waits in pthread_join
  *   hot burn-then-idle B I   burn B seconds, then sleep I seconds
  *   hot crash SECS           burn SECS, then die of SIGSEGV
+ *   hot leader-exits-first exit|crash
+ *                            the main thread ends first (pthread_exit); a worker named
+ *                            "worker-last" ends the process 300 ms later, by exiting or
+ *                            by SIGSEGV
  *
  * It prints "ready" once started, so a test can profile it from the start. */
+#define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +38,13 @@ __attribute__((noinline)) void hot_outer(double secs) {
     double end = now() + secs;
     while (now() < end)
         hot_inner();
+}
+
+static void *last_worker(void *arg) {
+    usleep(300000);
+    if (*(int *)arg)
+        *(volatile int *)0 = 1;
+    return NULL;
 }
 
 static void *worker(void *arg) {
@@ -60,6 +72,13 @@ int main(int argc, char **argv) {
     } else if (!strcmp(argv[1], "burn-then-idle") && argc == 4) {
         hot_outer(atof(argv[2]));
         usleep((useconds_t)(atof(argv[3]) * 1e6));
+    } else if (!strcmp(argv[1], "leader-exits-first")) {
+        static int crash;
+        crash = !strcmp(argv[2], "crash");
+        pthread_t t;
+        pthread_create(&t, NULL, last_worker, &crash);
+        pthread_setname_np(t, "worker-last");
+        pthread_exit(NULL);
     } else if (!strcmp(argv[1], "crash")) {
         hot_outer(atof(argv[2]));
         *(volatile int *)0 = 1;

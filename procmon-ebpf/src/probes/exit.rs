@@ -136,7 +136,10 @@ pub fn new_record(task: Kptr, o: &KernelOffsets) -> ExitRecord {
                 0
             },
         _pad: 0,
-        comm: task.comm(o),
+        // The process's name is its leader's, as `ps` shows it: the exiting thread may be
+        // a worker named otherwise (rustc's last thread is its `ctrl-c` handler). A leader
+        // that ended first stays readable as a zombie until the group is released.
+        comm: leader.comm(o),
     }
 }
 
