@@ -128,6 +128,11 @@ impl Recent {
             while p.stacks.front().is_some_and(|(at, ..)| *at < horizon) {
                 p.stacks.pop_front();
             }
+            // A pass that caught the process mid-exit sees its memory already released:
+            // not a point of its trajectory (a kernel thread's is always 0, and kept).
+            if rss_bytes == 0 && p.trajectory.back().is_some_and(|pt| pt.rss_bytes > 0) {
+                return true;
+            }
             if p.trajectory.len() >= len {
                 p.trajectory.pop_front();
             }
@@ -261,6 +266,9 @@ mod tests {
         assert!((t[0].age_seconds - 1.1e-6).abs() < 1e-12);
         let record = r.flight_record(1, 5, 1_700, 3).unwrap();
         assert_eq!(record.trajectory.len(), 2);
+        // Caught mid-exit, its memory already released: not a point.
+        r.on_sample_pass(1_800, |_, _| Some((1.0, 0)));
+        assert_eq!(r.trajectory(1, 5, 1_800).last().unwrap().rss_bytes, 4096);
         assert!(
             r.flight_record(3, 5, 1_700, 3).is_none(),
             "never sampled: nothing kept"
