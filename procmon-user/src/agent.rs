@@ -45,6 +45,8 @@ pub struct PipelineConfig {
     pub event_kinds: Vec<EventKind>,
     /// Recent events kept for /events clients that ask for them.
     pub history: usize,
+    /// /events clients served at once at most.
+    pub max_sse_clients: usize,
     pub attribution: AttributionConfig,
     pub profile: ProfileConfig,
 }
@@ -181,6 +183,8 @@ impl Pipeline {
                 hub: hub.clone(),
                 dropped: metrics.sse_dropped.clone(),
                 clients: metrics.sse_clients.clone(),
+                max_clients: cfg.max_sse_clients,
+                refused: metrics.sse_refused.clone(),
             };
             tokio::spawn(crate::http::serve(
                 listener,

@@ -105,6 +105,7 @@ pub struct RunArgs {
 mod ranges {
     use std::ops::RangeInclusive;
     pub const HISTORY: RangeInclusive<u64> = 0..=1_048_576;
+    pub const MAX_SSE_CLIENTS: RangeInclusive<u64> = 1..=100_000;
     pub const MAX_CHILD_SERIES: RangeInclusive<u64> = 1..=1_000_000;
     pub const MAX_WORKLOADS: RangeInclusive<u64> = 1..=100_000;
     pub const MAX_PROCESSES: RangeInclusive<u64> = 16..=16_777_216;
@@ -140,9 +141,12 @@ pub struct CommonArgs {
     #[arg(long, value_name = "KINDS", value_delimiter = ',')]
     pub event_kinds: Option<Vec<EventKind>>,
     /// Recent events kept for /events clients that ask for them (?since=SEQ,
-    /// Last-Event-ID); 0 keeps none [default: 4096]
+    /// Last-Event-ID), at most 64 MiB of them; 0 keeps none [default: 4096]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::HISTORY))]
     pub history: Option<u64>,
+    /// Clients of the /events stream served at once; more get a 503 [default: 256]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::MAX_SSE_CLIENTS))]
+    pub max_sse_clients: Option<u64>,
     /// How often live processes' CPU and RSS are sampled, e.g. 1s, 500ms [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_sample_interval)]
     pub sample_interval: Option<Duration>,
@@ -185,6 +189,7 @@ pub struct ConfigFile {
     pub events: Option<PathBuf>,
     pub event_kinds: Option<Vec<String>>,
     pub history: Option<u64>,
+    pub max_sse_clients: Option<u64>,
     #[serde(default)]
     pub watch: Vec<String>,
     pub sample_interval: Option<String>,
@@ -311,6 +316,14 @@ impl CommonArgs {
             .history
             .or(in_range("history", file.history, ranges::HISTORY)?)
             .unwrap_or(4096);
+        let max_sse_clients = self
+            .max_sse_clients
+            .or(in_range(
+                "max_sse_clients",
+                file.max_sse_clients,
+                ranges::MAX_SSE_CLIENTS,
+            )?)
+            .unwrap_or(256);
         let max_child_series = self
             .max_child_series
             .or(in_range(
@@ -348,6 +361,7 @@ impl CommonArgs {
                 ringbuf_bytes,
                 event_kinds,
                 history: history as usize,
+                max_sse_clients: max_sse_clients as usize,
                 attribution: AttributionConfig {
                     selectors: watch,
                     retain_exited_ns: retain_exited.as_nanos() as u64,
@@ -572,7 +586,10 @@ mod tests {
                 b.ringbuf_bytes
             )
         );
-        assert_eq!((&a.event_kinds, a.history), (&b.event_kinds, b.history));
+        assert_eq!(
+            (&a.event_kinds, a.history, a.max_sse_clients),
+            (&b.event_kinds, b.history, b.max_sse_clients)
+        );
         assert_eq!(a.profile, b.profile);
         let (a, b) = (&a.attribution, &b.attribution);
         assert_eq!(

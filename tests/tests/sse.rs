@@ -198,3 +198,49 @@ fn bad_kind_filter_is_a_400() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("bogus"), "{body}");
 }
+
+#[test]
+fn many_clients_replaying_a_large_history_keep_memory_bounded_and_are_capped() {
+    if !require_root(
+        "sse::many_clients_replaying_a_large_history_keep_memory_bounded_and_are_capped",
+    ) {
+        return;
+    }
+    let agent = Agent::start(&["--history", "1048576", "--max-sse-clients", "40"]);
+    // About 30,000 events into the history (fork, exec and exit of each of 10,000 commands).
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "i=0; while [ $i -lt 10000 ]; do /bin/true; i=$((i+1)); done",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    let before = vm_rss_kb(agent.pid());
+    // 40 clients ask for the whole history and read only its first message: each used to
+    // hold a copy of its replay (48 bytes an event, 1.4 MiB each here; 50 MiB each at a
+    // million events).
+    let clients: Vec<SseClient> = (0..40)
+        .map(|_| {
+            let mut c = SseClient::connect(agent.addr, "/events?since=0", &[]);
+            c.set_timeout(Duration::from_secs(10));
+            assert!(c.next_message().is_some(), "a replayed event");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let during = vm_rss_kb(agent.pid());
+    println!("agent RSS: {before} KiB before, {during} KiB with 40 replaying clients");
+    assert!(
+        during < before + 16 * 1024,
+        "RSS grew from {before} KiB to {during} KiB with 40 clients replaying the history"
+    );
+    // The 41st is refused, with the flag named.
+    let (status, body) = procmon_tests::http_get(agent.addr, "/events").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--max-sse-clients"), "{body}");
+    let m = agent.metrics();
+    assert_eq!(m.get_or_zero("procmon_sse_refused_total", &[]), 1.0);
+    drop(clients);
+}

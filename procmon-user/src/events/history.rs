@@ -8,8 +8,15 @@ use crate::events::EventMsg;
 #[derive(Debug)]
 pub struct History {
     capacity: usize,
+    /// Bound on the JSON bytes kept: a large `--history` of large events (crash events with
+    /// their ancestry and flight record) must not grow the agent without bound.
+    max_bytes: usize,
+    bytes: usize,
     events: VecDeque<EventMsg>,
 }
+
+/// Bytes of JSON the history keeps at most, whatever `--history` says.
+pub const MAX_BYTES: usize = 64 << 20;
 
 /// What a client that last saw `since` can get back.
 #[derive(Debug, Default)]
@@ -22,8 +29,14 @@ pub struct Replay {
 
 impl History {
     pub fn new(capacity: usize) -> Self {
+        Self::with_max_bytes(capacity, MAX_BYTES)
+    }
+
+    pub fn with_max_bytes(capacity: usize, max_bytes: usize) -> Self {
         Self {
             capacity,
+            max_bytes,
+            bytes: 0,
             events: VecDeque::with_capacity(capacity.min(4096)),
         }
     }
@@ -38,24 +51,40 @@ impl History {
         if self.capacity == 0 {
             return;
         }
-        if self.events.len() == self.capacity {
-            self.events.pop_front();
-        }
+        self.bytes += msg.json.len();
         self.events.push_back(msg);
+        while self.events.len() > self.capacity || self.bytes > self.max_bytes {
+            match self.events.pop_front() {
+                Some(old) => self.bytes -= old.json.len(),
+                None => break,
+            }
+        }
     }
 
     /// Events after sequence number `since`, given that `last` is the newest one published.
     /// A `since` ahead of `last` (an id from an earlier run of the agent) replays nothing.
+    #[cfg(test)]
     pub fn since(&self, since: u64, last: u64) -> Replay {
-        if since >= last {
+        self.range(since, last, usize::MAX)
+    }
+
+    /// At most `max` kept events with sequence numbers in `(after, until]`, oldest first,
+    /// and how many in that range are no longer kept. Clients replay in such chunks, so a
+    /// client asking for a large history never holds a copy of it.
+    pub fn range(&self, after: u64, until: u64, max: usize) -> Replay {
+        if after >= until {
             return Replay::default();
         }
-        let oldest_kept = self.events.front().map_or(last + 1, |m| m.seq);
-        let missed = oldest_kept.saturating_sub(since + 1);
+        let oldest_kept = self.events.front().map_or(until + 1, |m| m.seq);
+        let missed = oldest_kept.min(until + 1).saturating_sub(after + 1);
+        // Sequence numbers increase by one per event: the first wanted is found by offset.
+        let skip = (after + 1).saturating_sub(oldest_kept) as usize;
         let events = self
             .events
             .iter()
-            .skip_while(|m| m.seq <= since)
+            .skip(skip)
+            .take_while(|m| m.seq <= until)
+            .take(max)
             .cloned()
             .collect();
         Replay { events, missed }
@@ -97,6 +126,25 @@ mod tests {
             (vec![], 0),
             "an id from an earlier run"
         );
+    }
+
+    #[test]
+    fn bounded_in_bytes_and_replayed_in_chunks() {
+        // Each test event is 8 bytes of JSON ({"n":1}..{"n":9}): 3 fit in 24 bytes.
+        let mut h = History::with_max_bytes(100, 24);
+        for seq in 1..=9 {
+            h.push(msg(seq));
+        }
+        let r = h.since(0, 9);
+        assert_eq!((seqs(&r), r.missed), (vec![7, 8, 9], 6));
+        let mut h = History::new(100);
+        for seq in 1..=10 {
+            h.push(msg(seq));
+        }
+        let first = h.range(2, 9, 4);
+        assert_eq!((seqs(&first), first.missed), (vec![3, 4, 5, 6], 0));
+        let next = h.range(6, 9, 4);
+        assert_eq!(seqs(&next), vec![7, 8, 9], "up to `until`, not past it");
     }
 
     #[test]

@@ -30,7 +30,10 @@ struct Inner {
 }
 
 pub struct Subscription {
-    pub replay: Replay,
+    /// Replay history after this sequence number (none when it equals `replay_until`)...
+    pub replay_after: u64,
+    /// ...up to this one, the newest published when subscribing; `rx` brings what follows.
+    pub replay_until: u64,
     pub rx: broadcast::Receiver<EventMsg>,
 }
 
@@ -74,14 +77,21 @@ impl Hub {
     }
 
     /// A live subscription; `since` also replays the kept events after that sequence
-    /// number. `None` once the hub is closed.
+    /// number, fetched in chunks with [`Hub::replay`]. `None` once the hub is closed.
     pub fn subscribe(&self, since: Option<u64>) -> Option<Subscription> {
         let inner = self.lock();
         let rx = inner.tx.as_ref()?.subscribe();
-        let replay = since
-            .map(|s| inner.history.since(s, inner.last_seq))
-            .unwrap_or_default();
-        Some(Subscription { replay, rx })
+        let until = inner.last_seq;
+        Some(Subscription {
+            replay_after: since.map_or(until, |s| s.min(until)),
+            replay_until: until,
+            rx,
+        })
+    }
+
+    /// A chunk of a subscription's replay: see [`History::range`].
+    pub fn replay(&self, after: u64, until: u64, max: usize) -> Replay {
+        self.lock().history.range(after, until, max)
     }
 
     /// Ends every consumer's stream once it has read what was sent (shutdown).
@@ -112,8 +122,9 @@ mod tests {
             hub.publish(msg(n));
         }
         let mut sub = hub.subscribe(Some(0)).unwrap();
-        let replayed: Vec<u64> = sub.replay.events.iter().map(|m| m.seq).collect();
-        assert_eq!((replayed, sub.replay.missed), (vec![2, 3], 1));
+        let replay = hub.replay(sub.replay_after, sub.replay_until, 10);
+        let replayed: Vec<u64> = replay.events.iter().map(|m| m.seq).collect();
+        assert_eq!((replayed, replay.missed), (vec![2, 3], 1));
         hub.publish(msg(4));
         assert_eq!(sub.rx.try_recv().unwrap().seq, 4);
         hub.close();

@@ -35,7 +35,14 @@ pub struct SseState {
     pub hub: Arc<Hub>,
     pub dropped: IntCounter,
     pub clients: IntGauge,
+    /// Clients served at once at most (`--max-sse-clients`); more are refused, counted.
+    pub max_clients: usize,
+    pub refused: IntCounter,
 }
+
+/// Replayed history is fetched this many events at a time: a client asking for a large
+/// history holds one chunk, never a copy of all of it.
+const REPLAY_CHUNK: usize = 256;
 
 pub fn routes(state: SseState) -> Router {
     Router::new()
@@ -65,13 +72,27 @@ async fn events(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok())
     });
+    if state.clients.get() >= state.max_clients as i64 {
+        state.refused.inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many /events clients ({}, --max-sse-clients); try again later\n",
+                state.max_clients
+            ),
+        )
+            .into_response();
+    }
     let Some(sub) = state.hub.subscribe(since) else {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     };
     state.clients.inc();
     let client = Client {
-        replay: sub.replay.events.into(),
-        missed: sub.replay.missed,
+        hub: state.hub.clone(),
+        replay: VecDeque::new(),
+        replay_after: sub.replay_after,
+        replay_until: sub.replay_until,
+        missed: 0,
         rx: sub.rx,
         kinds,
         last_seq: 0,
@@ -104,7 +125,12 @@ impl Drop for Connected {
 }
 
 struct Client {
+    hub: Arc<Hub>,
+    /// The current chunk of the replay.
     replay: VecDeque<EventMsg>,
+    /// Replay is due for sequence numbers in (replay_after, replay_until].
+    replay_after: u64,
+    replay_until: u64,
     missed: u64,
     rx: Receiver<EventMsg>,
     /// Empty: every kind.
@@ -129,11 +155,23 @@ impl Client {
             self.greeted = true;
             return Some(Bytes::from_static(b": procmon events\n\n"));
         }
-        if self.missed > 0 {
-            // Asked for history that is no longer kept.
-            return Some(dropped_frame(std::mem::take(&mut self.missed)));
-        }
-        while let Some(m) = self.replay.pop_front() {
+        loop {
+            if self.replay.is_empty() && self.replay_after < self.replay_until {
+                let chunk = self
+                    .hub
+                    .replay(self.replay_after, self.replay_until, REPLAY_CHUNK);
+                // Events of the range no longer kept (evicted meanwhile, or never kept).
+                self.missed += chunk.missed;
+                self.replay_after = chunk.events.last().map_or(self.replay_until, |m| m.seq);
+                self.replay = chunk.events.into();
+            }
+            if self.missed > 0 {
+                // Asked for history that is no longer kept.
+                return Some(dropped_frame(std::mem::take(&mut self.missed)));
+            }
+            let Some(m) = self.replay.pop_front() else {
+                break;
+            };
             if self.wants(&m) {
                 self.last_seq = m.seq;
                 return Some(frame(&m));
@@ -279,8 +317,11 @@ mod tests {
         let sub = hub.subscribe(Some(0)).unwrap();
         clients.inc();
         let mut c = Client {
-            replay: sub.replay.events.into(),
-            missed: sub.replay.missed,
+            hub: hub.clone(),
+            replay: VecDeque::new(),
+            replay_after: sub.replay_after,
+            replay_until: sub.replay_until,
+            missed: 0,
             rx: sub.rx,
             kinds: vec![EventKind::Exit],
             last_seq: 0,

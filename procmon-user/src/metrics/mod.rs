@@ -66,6 +66,7 @@ pub struct Metrics {
     pub crashes: IntCounterVec,
     pub sse_dropped: IntCounter,
     pub sse_clients: IntGauge,
+    pub sse_refused: IntCounter,
     pub duplicate_exits: IntCounter,
     pub cpu_pegged: IntCounterVec,
     pub http_refused: IntCounter,
@@ -177,6 +178,11 @@ impl Metrics {
             "Clients connected to the /events stream.",
         )
         .unwrap();
+        let sse_refused = IntCounter::new(
+            "procmon_sse_refused_total",
+            "/events clients refused (503) because --max-sse-clients were connected.",
+        )
+        .unwrap();
         let duplicate_exits = IntCounter::new(
             "procmon_kernel_duplicate_exits_total",
             "Second exit records of one process, dropped: before Linux 6.16, without fentry on taskstats_exit, threads exiting at once can each look like the last one.",
@@ -222,6 +228,7 @@ impl Metrics {
             Box::new(crashes.clone()),
             Box::new(sse_dropped.clone()),
             Box::new(sse_clients.clone()),
+            Box::new(sse_refused.clone()),
             Box::new(kernel_features.clone()),
             Box::new(duplicate_exits.clone()),
             Box::new(cpu_pegged.clone()),
@@ -243,6 +250,7 @@ impl Metrics {
             crashes,
             sse_dropped,
             sse_clients,
+            sse_refused,
             duplicate_exits,
             cpu_pegged,
             http_refused,
