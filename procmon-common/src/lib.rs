@@ -400,21 +400,15 @@ pub struct SampleKey {
     pub pid: u32,
     pub user_stack: i32,
     pub kernel_stack: i32,
-    /// Which of the two windows (0 or 1) the sample belongs to (see [`profile_window`]).
+    /// Which of the two windows (0 or 1) the sample belongs to. CPU sampling is drained by
+    /// flipping windows: the probe writes the window that `PROFILE_WINDOW[0]` names, into
+    /// that window's stack map; the agent flips it, then reads and clears the other one,
+    /// which nothing writes any more. Each window's stack map starts empty, so stack ids
+    /// never alias across windows.
     pub window: u32,
 }
 
 const _: () = assert!(size_of::<SampleKey>() == 16);
-
-/// CPU sampling is drained by flipping windows: the probe writes the window that
-/// `PROFILE_WINDOW[0]` names, into that window's stack map; the agent flips it, then reads and
-/// clears the other one, which nothing writes any more. Each window's stack map starts
-/// empty, so stack ids never alias across windows.
-pub mod profile_window {
-    /// Entries of the sample-count map per stack-map entry: each window holds at most one
-    /// count per (process, stack pair).
-    pub const COUNTS_PER_STACK: u32 = 2;
-}
 
 /// Kernel struct member offsets, resolved from the running kernel's BTF at startup and handed
 /// to the probes as a load-time global (`OFFSETS`). Rust eBPF emits no CO-RE relocations, so

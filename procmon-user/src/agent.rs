@@ -108,12 +108,12 @@ impl Pipeline {
         // A first sample, so live ratios have a baseline one interval from now.
         sample_once(&mut sampler, &shared, None).await;
 
-        let symbolizer = cpu.as_ref().map(|_| {
-            SymbolizerHandle::spawn(SymbolizeOptions {
-                debug_syms: cfg.profile.debug_syms,
-                ..Default::default()
-            })
-        });
+        // ELF symbol tables only: blazesym's DWARF lookups cost more memory and, on gcc -O1
+        // binaries, missed functions (main, hot_outer of the tests' C program) that the symbol
+        // tables name.
+        let symbolizer = cpu
+            .as_ref()
+            .map(|_| SymbolizerHandle::spawn(SymbolizeOptions::default()));
         let decode_errors = Arc::new(DecodeErrors::default());
         let sink_health = Arc::new(sink::SinkHealth::default());
         let source = Arc::new(AgentHealth {
@@ -383,7 +383,8 @@ async fn drain_periodically(
             _ = stop.changed() => true,
             _ = tick.tick() => false,
         };
-        for pid in shared.lock().profile.take_forgotten() {
+        let forgotten = shared.lock().profile.take_forgotten();
+        for pid in forgotten {
             symbolizer.forget(pid);
         }
         let sampled = profile::collect::drain(&mut cpu, &symbolizer).await;

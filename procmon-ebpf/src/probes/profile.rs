@@ -2,7 +2,7 @@
 //! (process, user stack, kernel stack) in the kernel, so the agent reads a few hundred
 //! counts per window instead of one record per sample.
 //!
-//! Two windows alternate (`procmon_common::profile_window`): the probe writes the one that
+//! Two windows alternate (`procmon_common::SampleKey::window`): the probe writes the one that
 //! `PROFILE_WINDOW[0]` names into that window's own stack map, while the agent reads and
 //! clears the other. A stack map is only ever cleared when nothing writes it, so a stack id
 //! read with its counts always means the stack it was counted with.

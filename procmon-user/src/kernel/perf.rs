@@ -19,7 +19,7 @@ use aya::{
     },
     Ebpf,
 };
-use procmon_common::{profile_window, SampleKey};
+use procmon_common::SampleKey;
 
 /// The program, and the maps it writes.
 pub const PROGRAM: &str = "cpu_sample";
@@ -49,8 +49,9 @@ impl MapSizes {
         let samples = (hz as f64 * cpus as f64 * drain.as_secs_f64()).ceil() as u64;
         // A user and a kernel stack per sample.
         let stacks = (samples * 2 * 16).next_power_of_two().clamp(1024, 16384) as u32;
-        let samples =
-            (samples * 4 * u64::from(profile_window::COUNTS_PER_STACK)).next_power_of_two();
+        // At most one count per (process, stack pair) and window, two windows live at once,
+        // and room to spare so a hash map never runs full.
+        let samples = (samples * 8).next_power_of_two();
         Self {
             stacks,
             samples: samples.clamp(1024, 65536) as u32,

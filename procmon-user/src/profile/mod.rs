@@ -39,8 +39,6 @@ pub struct ProfileConfig {
     /// How far back stacks are kept per process.
     pub window: Duration,
     pub pegged: PeggedConfig,
-    /// Read DWARF (line-level, inlined functions) besides symbol tables: more memory.
-    pub debug_syms: bool,
 }
 
 impl Default for ProfileConfig {
@@ -53,7 +51,6 @@ impl Default for ProfileConfig {
                 ratio: 0.95,
                 hold: Duration::from_secs(30),
             },
-            debug_syms: false,
         }
     }
 }
