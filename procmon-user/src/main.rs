@@ -22,6 +22,7 @@ mod record;
 mod run;
 mod state;
 mod tree;
+mod whole_file;
 mod workload;
 
 use std::{net::SocketAddr, process::ExitCode};

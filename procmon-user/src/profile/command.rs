@@ -10,7 +10,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io::Write,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -28,6 +28,7 @@ use crate::{
     attribution::{ProcessTree, TrackedProcess},
     cli::{ProfileArgs, ProfileFormat},
     state::Observer,
+    whole_file::WholeFile,
 };
 use procmon_common::{exit_flags, ExitRecord};
 
@@ -270,6 +271,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<u8> {
             v
         }
     };
+    let wrote = out.describe();
     if !body.is_empty() || !matches!(args.format, ProfileFormat::Svg) {
         out.write(&body)?;
     }
@@ -279,7 +281,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<u8> {
             covered.as_secs_f64(),
             c.samples,
             stacks.len(),
-            out.describe()
+            wrote
         );
     }
     if shallow {
@@ -294,34 +296,33 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Where the profile goes: stdout, or a file written whole (a temporary file renamed over
-/// it), so a failed run never leaves a truncated profile.
+/// Where the profile goes: stdout, or a file written whole (whole_file.rs).
 enum Output {
     Stdout,
-    File { path: PathBuf, tmp: PathBuf },
+    File(WholeFile),
 }
 
 impl Output {
     fn open(path: Option<&Path>) -> anyhow::Result<Self> {
-        let Some(path) = path.filter(|p| p.as_os_str() != "-") else {
-            return Ok(Output::Stdout);
-        };
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".procmon-{}.tmp", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        std::fs::File::create(&tmp).with_context(|| {
-            format!(
-                "cannot write --out {}; check the directory exists and is writable",
-                path.display()
-            )
-        })?;
-        Ok(Output::File {
-            path: path.to_path_buf(),
-            tmp,
-        })
+        match path.filter(|p| p.as_os_str() != "-") {
+            None => Ok(Output::Stdout),
+            Some(path) => WholeFile::create(path).map(Output::File).with_context(|| {
+                format!(
+                    "cannot write --out {}; check the directory exists and is writable",
+                    path.display()
+                )
+            }),
+        }
     }
 
-    fn write(&self, body: &[u8]) -> anyhow::Result<()> {
+    fn describe(&self) -> String {
+        match self {
+            Output::Stdout => String::new(),
+            Output::File(f) => format!("; wrote {}", f.path().display()),
+        }
+    }
+
+    fn write(self, body: &[u8]) -> anyhow::Result<()> {
         match self {
             Output::Stdout => {
                 let mut stdout = std::io::stdout().lock();
@@ -330,24 +331,11 @@ impl Output {
                     .and_then(|()| stdout.flush())
                     .context("cannot write the profile to stdout")
             }
-            Output::File { path, tmp } => std::fs::write(tmp, body)
-                .and_then(|()| std::fs::rename(tmp, path))
-                .with_context(|| format!("cannot write --out {}", path.display())),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Output::Stdout => String::new(),
-            Output::File { path, .. } => format!("; wrote {}", path.display()),
-        }
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        if let Output::File { tmp, .. } = self {
-            let _ = std::fs::remove_file(tmp);
+            Output::File(f) => {
+                let path = f.path().display().to_string();
+                f.write(body)
+                    .with_context(|| format!("cannot write --out {path}"))
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 
 use std::os::unix::process::ExitStatusExt;
 
+use crate::whole_file::WholeFile;
+
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -24,7 +26,7 @@ pub async fn execute(
     let json_file = json
         .as_ref()
         .map(|p| {
-            std::fs::File::create(p)
+            WholeFile::create(p)
                 .with_context(|| format!("cannot create --json file {}", p.display()))
         })
         .transpose()?;
@@ -106,40 +108,13 @@ pub async fn execute(
         root,
     };
     eprint!("{}", render_text(&report));
-    if let (Some(file), Some(path)) = (json_file, json) {
-        write_report(file, &path, &report).with_context(|| {
-            format!(
-                "cannot write the --json report to {}; the command's own status was {code}",
-                path.display()
-            )
+    if let Some(file) = json_file {
+        let mut body = serde_json::to_vec_pretty(&report)?;
+        body.push(b'\n');
+        let path = file.path().display().to_string();
+        file.write(&body).with_context(|| {
+            format!("cannot write the --json report to {path}; the command's own status was {code}")
         })?;
     }
     Ok(code.clamp(0, 255) as u8)
-}
-
-/// Writes the whole report or says why not. A regular file is written through a temporary
-/// file renamed over it, so it never holds half a report; anything else (a FIFO, a device)
-/// is written in place, with every error checked.
-fn write_report(
-    file: std::fs::File,
-    path: &std::path::Path,
-    report: &RunReport,
-) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut body = serde_json::to_vec_pretty(report)?;
-    body.push(b'\n');
-    if !file.metadata()?.is_file() {
-        let mut file = file;
-        file.write_all(&body)?;
-        return file.flush();
-    }
-    drop(file);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".procmon-{}.tmp", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp);
-    let written = std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
 }
