@@ -378,6 +378,7 @@ async fn drain_periodically(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut kernel_frames = profile::collect::KernelFrames::default();
     loop {
         let stopping = tokio::select! {
             _ = stop.changed() => true,
@@ -387,7 +388,7 @@ async fn drain_periodically(
         for pid in forgotten {
             symbolizer.forget(pid);
         }
-        let sampled = profile::collect::drain(&mut cpu, &symbolizer).await;
+        let sampled = profile::collect::drain(&mut cpu, &symbolizer, &mut kernel_frames).await;
         shared.lock().record_cpu_samples(&sampled, boottime_ns());
         if stopping {
             return cpu;

@@ -22,18 +22,47 @@ pub struct Sampled {
 /// Marks kernel frames, as flame graph tools expect.
 pub const KERNEL_SUFFIX: &str = "_[k]";
 
+/// Kernel frames with their `_[k]` mark, one shared string per name across drains (the
+/// symbolizer interns names; marking them must not copy each one per sample).
+#[derive(Default)]
+pub struct KernelFrames(HashMap<Frame, Frame>);
+
+/// Distinct kernel frames kept marked; past it the map starts over (a kernel has tens of
+/// thousands of functions, a host's stacks touch far fewer).
+const MAX_KERNEL_FRAMES: usize = 16384;
+
+impl KernelFrames {
+    fn marked(&mut self, name: Frame) -> Frame {
+        if self.0.len() >= MAX_KERNEL_FRAMES && !self.0.contains_key(&name) {
+            self.0.clear();
+        }
+        self.0
+            .entry(name)
+            .or_insert_with_key(|name| Frame::from(format!("{name}{KERNEL_SUFFIX}")))
+            .clone()
+    }
+}
+
 /// Flips the sampling window, lets in-flight samples land, reads the old window and
 /// symbolizes it.
-pub async fn drain(cpu: &mut CpuSampling, symbolizer: &SymbolizerHandle) -> Vec<Sampled> {
+pub async fn drain(
+    cpu: &mut CpuSampling,
+    symbolizer: &SymbolizerHandle,
+    kernel_frames: &mut KernelFrames,
+) -> Vec<Sampled> {
     let window = cpu.flip();
     tokio::time::sleep(FLIP_GRACE).await;
     let raw = cpu.collect(window);
-    symbolize(raw, symbolizer).await
+    symbolize(raw, symbolizer, kernel_frames).await
 }
 
 /// One symbolizer batch per process: each stack keeps its own leaf (looked up exactly) and
 /// return addresses (looked up inside the call), and the process's maps are read once.
-pub async fn symbolize(raw: Vec<RawSample>, symbolizer: &SymbolizerHandle) -> Vec<Sampled> {
+pub async fn symbolize(
+    raw: Vec<RawSample>,
+    symbolizer: &SymbolizerHandle,
+    kernel_frames: &mut KernelFrames,
+) -> Vec<Sampled> {
     let mut by_pid: HashMap<u32, Vec<RawSample>> = HashMap::new();
     for r in raw {
         by_pid.entry(r.pid).or_default().push(r);
@@ -61,7 +90,7 @@ pub async fn symbolize(raw: Vec<RawSample>, symbolizer: &SymbolizerHandle) -> Ve
                     .kernel
                     .into_iter()
                     .rev()
-                    .map(|f| Frame::from(format!("{f}{KERNEL_SUFFIX}"))),
+                    .map(|f| kernel_frames.marked(f)),
             );
             if frames.is_empty() {
                 frames.push(Frame::from("[unknown]"));
@@ -75,4 +104,21 @@ pub async fn symbolize(raw: Vec<RawSample>, symbolizer: &SymbolizerHandle) -> Ve
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_frames_are_marked_once_and_shared() {
+        let mut k = KernelFrames::default();
+        let a = k.marked(Frame::from("schedule"));
+        let b = k.marked(Frame::from("schedule"));
+        assert_eq!(&*a, "schedule_[k]");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "one string for every sample of the name"
+        );
+    }
 }

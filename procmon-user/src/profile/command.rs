@@ -63,21 +63,13 @@ impl Collected {
     }
 }
 
-fn descends(tree: &ProcessTree, mut pid: u32, ancestor: u32) -> bool {
-    // Bounded: a corrupted parent chain cannot loop forever.
-    for _ in 0..4096 {
-        let Some(p) = tree.get(pid) else {
-            return false;
-        };
-        if p.ppid == ancestor {
-            return true;
-        }
-        if p.ppid == 0 || p.ppid == pid {
-            return false;
-        }
-        pid = p.ppid;
-    }
-    false
+/// Whether `ancestor` is above `pid` in the tree.
+fn descends(tree: &ProcessTree, pid: u32, ancestor: u32) -> bool {
+    tree.get(pid).is_some_and(|p| {
+        tree.ancestry(p.ppid)
+            .iter()
+            .any(|&(above, _)| above == ancestor)
+    })
 }
 
 #[derive(Clone)]
