@@ -49,6 +49,17 @@ fn start(dir: &Path, args: &[&str], stdout: Stdio) -> (Child, SocketAddr) {
     (child, addr)
 }
 
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}",
+        path.display()
+    );
+}
+
 fn stderr_of(dir: &Path) -> String {
     fs::read_to_string(dir.join("agent.stderr")).unwrap_or_default()
 }
@@ -152,9 +163,7 @@ fn a_fifo_without_reader_is_refused_at_start() {
     }
     let dir = TempDir::new("sink-fifo-start");
     let fifo = dir.path().join("events.fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     let out = run_with_timeout(
         Command::new(procmon_bin()).args([
             "agent",
@@ -177,9 +186,7 @@ fn sigterm_does_not_wait_for_a_reader_that_stopped_reading() {
     }
     let dir = TempDir::new("sink-fifo-stall");
     let fifo = dir.path().join("events.fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     // A reader that opens the FIFO and never reads: the pipe fills, writes block.
     let mut reader = Command::new("sh")
         .arg("-c")
