@@ -14,7 +14,7 @@
 use core::mem::size_of;
 
 /// Bumped whenever a record layout changes.
-pub const ABI_VERSION: u16 = 1;
+pub const ABI_VERSION: u16 = 2;
 
 /// Length of `task_struct.comm` (TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
@@ -28,6 +28,8 @@ pub mod kind {
     pub const EXIT: u16 = 3;
     pub const OOM_KILL: u16 = 4;
     pub const CGROUP: u16 = 5;
+    /// A process's leader was freed ([`ExitRecord`] layout): its final CPU figures.
+    pub const RELEASE: u16 = 6;
 }
 
 /// Components of a cgroup path kept, leaf first: the deepest ones name the workload.
@@ -100,9 +102,6 @@ pub mod exit_flags {
     pub const GROUP_DEAD: u32 = 1 << 0;
     /// The exiting thread is the thread-group leader (tid == pid).
     pub const LEADER: u32 = 1 << 1;
-    /// Made at the final context switch because the exit tracepoint's run was skipped:
-    /// memory figures other than `maxrss_kb` are zero (the mm is gone by then).
-    pub const RECOVERED: u32 = 1 << 2;
 }
 
 /// Indexes of the per-CPU `STATS` array map the probes count into.
@@ -117,28 +116,25 @@ pub mod stat {
     pub const READ_ERROR: u32 = 3;
     /// Thread (not process) exits seen; they are counted, not sent.
     pub const THREAD_EXITS: u32 = 4;
-    /// The pending-exit map was full: the exit was sent at once, its CPU time read before
-    /// the process finished tearing down (slightly low).
-    pub const EXIT_NOT_DEFERRED: u32 = 5;
+    /// A release record (a process's final CPU) was dropped: the ring buffer had no room.
+    /// Its exit goes out with the CPU read at the exit tracepoint.
+    pub const RINGBUF_FULL_RELEASE: u32 = 5;
     /// An OOM-kill record was dropped: the ring buffer had no room.
     pub const RINGBUF_FULL_OOM_KILL: u32 = 6;
     /// A cgroup record (of a crashing process) was dropped: the ring buffer had no room.
     pub const RINGBUF_FULL_CGROUP: u32 = 7;
-    /// A process exit whose `sched_process_exit` run the kernel skipped (the program was
-    /// preempted on that CPU by another exiting task) was recovered at the final switch.
-    pub const EXIT_RECOVERED: u32 = 8;
     /// A process fork whose `sched_process_fork` run the kernel skipped was sent from
     /// `sched_wakeup_new` instead.
-    pub const FORK_RECOVERED: u32 = 9;
+    pub const FORK_RECOVERED: u32 = 8;
     /// CPU samples taken (`perf_event` program, idle CPUs excluded).
-    pub const CPU_SAMPLES: u32 = 10;
+    pub const CPU_SAMPLES: u32 = 9;
     /// A sample's stack hashed to a stack-map slot held by another stack (`-EEXIST`): the
     /// sample is counted with that stack unknown. Many mean the map is too small.
-    pub const STACK_COLLISIONS: u32 = 11;
+    pub const STACK_COLLISIONS: u32 = 10;
     /// A sample could not be counted: the sample-count map was full for its window.
-    pub const SAMPLES_FULL: u32 = 12;
+    pub const SAMPLES_FULL: u32 = 11;
     /// Number of entries in the map.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 12;
 }
 
 #[repr(C)]
@@ -207,12 +203,16 @@ pub struct ExecRecord {
     pub filename: [u8; FILENAME_LEN],
 }
 
-/// A process exited (its last thread did).
+/// A process exited (its last thread did), or (kind [`kind::RELEASE`]) it was released.
 ///
-/// The record is captured at `sched_process_exit` and sent at the dying thread's final
-/// context switch, so its CPU times include the exit path itself (unmapping memory, closing
-/// files), which on Linux 6.16+ runs after the tracepoint. Times are the whole thread
-/// group's: `signal_struct` totals plus the exiting thread's (and a zombie leader's) own.
+/// `kind::EXIT` is sent at `sched_process_exit` of the group's last thread, with the
+/// address space's figures. Its CPU times are the whole thread group's so far (`signal_struct`
+/// totals plus the exiting thread's and a zombie leader's own), which miss what the exit path
+/// still spends after the tracepoint (unmapping memory, closing files: on Linux 6.16+ all of
+/// it). `kind::RELEASE` is sent when the leader's `task_struct` is freed, after its parent
+/// reaped it and after the last thread's final context switch: its CPU times are final, what
+/// `wait4()` reported to the parent. Its memory figures other than `maxrss_kb` and its parent
+/// fields are zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitRecord {
@@ -428,8 +428,6 @@ pub struct KernelOffsets {
     pub task_stime: u32,
     /// `task_struct.se.sum_exec_runtime`.
     pub task_sum_exec_runtime: u32,
-    /// `task_struct.__state` (`state` before Linux 5.14).
-    pub task_state: u32,
     pub task_mm: u32,
     pub mm_hiwater_rss: u32,
     /// Offset of the value of `mm_struct.rss_stat[0]` and the distance between entries
@@ -479,12 +477,9 @@ pub struct KernelOffsets {
     /// passes it.
     pub task_real_cred: u32,
     pub cred_uid: u32,
-    /// `task_struct.exit_state`: `EXIT_DEAD` once the task was released (its counters are
-    /// then in `signal_struct`).
-    pub task_exit_state: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 46 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 44 * 4);
 
 /// Load-time tunables of the probes (global `CONFIG`).
 #[repr(C)]

@@ -24,7 +24,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use procmon_common::{stat, ExitRecord, KernelOffsets, ProbeConfig};
+use procmon_common::{stat, KernelOffsets, ProbeConfig};
 
 /// Default size; the agent overrides it at load time (`--ringbuf-bytes`).
 #[map]
@@ -33,17 +33,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// Per-CPU counters, indexed by `procmon_common::stat`.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
-
-/// Exit records waiting for their thread's final context switch, by tid. Entries live for
-/// microseconds; the bound only matters if a mass exit outruns the scheduler.
-#[map]
-static PENDING_EXITS: HashMap<u32, ExitRecord> = HashMap::with_max_entries(16384, 0);
-
-/// Threads whose exit tracepoint ran but did not end their process, by tid: the final
-/// switch of a dead thread found neither here nor in `PENDING_EXITS` had its tracepoint run
-/// skipped by the kernel (probes/switch.rs).
-#[map]
-static THREAD_EXITS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
 /// Children whose fork was traced, by pid, until their `sched_wakeup_new` (probes/fork.rs).
 #[map]

@@ -24,6 +24,7 @@ use crate::{
     },
     metrics::Metrics,
     record::{cgroup_path, decode, peak_rss_bytes, split_cpu, DecodeError, Record, RECORD_KINDS},
+    release::{Awaiting, Held, Released},
     state::{Applied, Shared, State},
     tree::Comm,
     workload::Identity,
@@ -39,6 +40,9 @@ pub(crate) struct Counters {
     starts: IntCounter,
     execs: IntCounter,
     duplicate_exits: IntCounter,
+    recovered_exits: IntCounter,
+    exits_before_release: IntCounter,
+    releases_forgotten: IntCounter,
     // Labelled by workload: looked up per (rare) OOM kill or crash.
     pub(crate) oom_kills: IntCounterVec,
     pub(crate) crashes: IntCounterVec,
@@ -47,6 +51,8 @@ pub(crate) struct Counters {
 /// State of deaths in flight, used only by the reader (locked once per batch).
 pub(crate) struct DeathState {
     pub(crate) deaths: Deaths,
+    /// Exits waiting for their final CPU.
+    pub(crate) awaiting: Awaiting<ExitClass>,
 }
 
 pub struct Ingest {
@@ -61,7 +67,7 @@ pub struct Ingest {
 }
 
 /// What an exit record says about the death, before the state applies it.
-struct ExitClass {
+pub(crate) struct ExitClass {
     status: ExitStatus,
     death: Death,
     outcome: Outcome,
@@ -90,6 +96,9 @@ impl Ingest {
                 starts: metrics.starts.clone(),
                 execs: metrics.execs.clone(),
                 duplicate_exits: metrics.duplicate_exits.clone(),
+                recovered_exits: metrics.recovered_exits.clone(),
+                exits_before_release: metrics.exits_before_release.clone(),
+                releases_forgotten: metrics.releases_forgotten.clone(),
                 oom_kills: metrics.oom_kills.clone(),
                 crashes: metrics.crashes.clone(),
             },
@@ -97,6 +106,7 @@ impl Ingest {
             decode_errors,
             death_state: Mutex::new(DeathState {
                 deaths: Deaths::default(),
+                awaiting: Awaiting::default(),
             }),
             proc_root: PathBuf::from(crate::procfs::PROC),
         }
@@ -142,6 +152,10 @@ impl Batch<'_> {
                 }
                 Some(self.classify_exit(r))
             }
+            Record::Release(r) => {
+                self.on_release(r);
+                return;
+            }
             _ => None,
         };
         let applied = self.state.apply(&record);
@@ -159,30 +173,10 @@ impl Batch<'_> {
                 }
             }
             (Record::Exit(r), Applied::Exit { gone }) => {
-                let Some(ExitClass {
-                    status,
-                    death,
-                    outcome,
-                    ancestry,
-                }) = exit
-                else {
-                    unreachable!("every exit record is classified above")
-                };
-                c.exits[Outcome::ALL.iter().position(|&o| o == outcome).unwrap()].inc();
-                let fields = self.render.then(|| {
-                    self.exit_event_fields(
-                        &r,
-                        status,
-                        outcome,
-                        death.cgroup.as_deref(),
-                        gone.as_ref(),
-                    )
-                });
-                if let Some(fields) = &fields {
-                    self.publish(events::render(EventKind::Exit, &fields.event()));
-                }
-                if matches!(outcome, Outcome::Crashed | Outcome::OomKilled) {
-                    self.on_crash(&r, status, death, fields.as_ref(), ancestry, gone.as_ref());
+                let class = exit.expect("every exit record is classified above");
+                let now = r.time_ns;
+                for held in self.deaths.awaiting.hold(r, class, gone, now) {
+                    self.finish_exit(held, false);
                 }
             }
             (Record::OomKill(r), Applied::Unchanged) => {
@@ -193,6 +187,100 @@ impl Batch<'_> {
             (record, applied) => {
                 unreachable!("State::apply answered {record:?} with {applied:?}")
             }
+        }
+    }
+
+    /// A process was released: its held exit goes out with the final CPU.
+    fn on_release(&mut self, r: &ExitRecord) {
+        match self.deaths.awaiting.release(r) {
+            Released::Held(held) => self.finish_exit(held, true),
+            Released::Late { process, cpu_ns } => self.state.late_cpu(&process, cpu_ns),
+            Released::Unseen => {
+                // The exit tracepoint's run was skipped (preemptible tracepoints, 7.x): the
+                // release is the exit, CPU exact, memory figures but the peak lost.
+                let Some(p) = self.state.tree.get_exact(r.pid, r.start_ns) else {
+                    return;
+                };
+                let exit = ExitRecord {
+                    ppid: p.ppid,
+                    parent_start_ns: self
+                        .state
+                        .tree
+                        .get(p.ppid)
+                        .map_or(0, |parent| parent.start_ns),
+                    ..*r
+                };
+                if !self.deaths.deaths.first_exit(&exit) {
+                    return;
+                }
+                self.ingest.counters.recovered_exits.inc();
+                let class = self.classify_exit(&exit);
+                let gone = self.state.tree.on_exit(&exit);
+                self.finish_exit(
+                    Held {
+                        record: exit,
+                        class,
+                        gone,
+                        deadline_ns: 0,
+                    },
+                    true,
+                );
+            }
+        }
+    }
+
+    /// Exits whose release did not come in time go out with the CPU read at exit.
+    pub fn expire_exits(&mut self, now_ns: u64) {
+        for held in self.deaths.awaiting.expired(now_ns) {
+            self.finish_exit(held, false);
+        }
+    }
+
+    /// Every exit still waiting, at shutdown.
+    pub fn flush_exits(&mut self) {
+        for held in self.deaths.awaiting.drain() {
+            self.finish_exit(held, false);
+        }
+    }
+
+    /// Counts, attributes and reports an exit; `cpu_final` tells whether its release came.
+    fn finish_exit(&mut self, held: Held<ExitClass>, cpu_final: bool) {
+        let Held {
+            record: r,
+            class:
+                ExitClass {
+                    status,
+                    death,
+                    outcome,
+                    ancestry,
+                },
+            gone,
+            ..
+        } = held;
+        let c = &self.ingest.counters;
+        c.exits[Outcome::ALL.iter().position(|&o| o == outcome).unwrap()].inc();
+        if !cpu_final {
+            c.exits_before_release.inc();
+            let forgotten = self.deaths.awaiting.stats.late_forgotten;
+            c.releases_forgotten
+                .inc_by(forgotten.saturating_sub(c.releases_forgotten.get()));
+        }
+        self.state.finish_exit(gone.as_ref(), &r);
+        let fields = self.render.then(|| {
+            self.exit_event_fields(
+                &r,
+                status,
+                outcome,
+                death.cgroup.as_deref(),
+                gone.as_ref(),
+                cpu_final,
+            )
+        });
+        if let Some(fields) = &fields {
+            self.publish(events::render(EventKind::Exit, &fields.event()));
+        }
+        if matches!(outcome, Outcome::Crashed | Outcome::OomKilled) {
+            self.on_crash(&r, status, death, fields.as_ref(), ancestry, gone.as_ref());
         }
     }
 
@@ -261,6 +349,7 @@ impl Batch<'_> {
         outcome: Outcome,
         death_cgroup: Option<&str>,
         process: Option<&TrackedProcess>,
+        cpu_final: bool,
     ) -> ExitFields {
         let (user, system) = split_cpu(r.runtime_ns, r.utime_ns, r.stime_ns);
         let comm = Comm::from_raw(r.comm).to_lossy();
@@ -280,6 +369,7 @@ impl Batch<'_> {
             outcome,
             cpu_user_seconds: user as f64 / 1e9,
             cpu_system_seconds: system as f64 / 1e9,
+            cpu_final,
             peak_rss_bytes: peak_rss_bytes(r),
             lifetime_seconds: r.time_ns.saturating_sub(r.start_ns) as f64 / 1e9,
             identity,
@@ -420,6 +510,12 @@ pub(crate) mod tests {
         )
     }
 
+    /// An exit and its release, as the kernel sends them for a process reaped at once.
+    pub(crate) fn apply_exit(batch: &mut Batch, exit: &ExitRecord) {
+        batch.apply(&encode(exit));
+        batch.apply(&encode(&rec::release(exit, 0)));
+    }
+
     pub(crate) fn next_json(rx: &mut Rx) -> serde_json::Value {
         serde_json::from_slice(&rx.try_recv().unwrap().json).unwrap()
     }
@@ -435,8 +531,10 @@ pub(crate) mod tests {
             batch.apply(&encode(&rec::fork(10, 1, start)));
             batch.apply(&encode(&rec::exec(10, 1, start, b"true", b"/usr/bin/true")));
             batch.apply(&encode(&exit));
+            // The exit path's last 1 ms of CPU comes with the release.
+            batch.apply(&encode(&rec::release(&exit, 1_000_000)));
             batch.apply(&[1, 2, 3]);
-            assert_eq!(batch.records, 4);
+            assert_eq!(batch.records, 5);
         }
         assert_eq!(next_json(&mut rx)["kind"], "fork");
         let e = next_json(&mut rx);
@@ -469,13 +567,15 @@ pub(crate) mod tests {
         assert_eq!(x["comm"], "bad\"name\n\u{fffd}");
         assert_eq!(x["peak_rss_bytes"], 1024 * 1024);
         assert_eq!(x["lifetime_seconds"], 0.002);
-        // runtime 2 ms split 3:1 like cputime_adjust.
+        // Runtime 2 ms at exit + 1 ms at release, split 3:2 (utime 3 ms, stime 1 + 1 ms)
+        // like cputime_adjust.
         assert_eq!(
             (
                 x["cpu_user_seconds"].as_f64(),
-                x["cpu_system_seconds"].as_f64()
+                x["cpu_system_seconds"].as_f64(),
+                x["cpu_final"].as_bool(),
             ),
-            (Some(0.0015), Some(0.0005))
+            (Some(0.0018), Some(0.0012), Some(true))
         );
         assert!(x["time"].as_str().unwrap().ends_with('Z'));
         let rejected: u64 = ingest
@@ -486,6 +586,47 @@ pub(crate) mod tests {
         assert_eq!(rejected, 1);
         assert_eq!(metrics.exits.with_label_values(&["crashed"]).get(), 1);
         assert_eq!(metrics.starts.get(), 1);
+        assert_eq!(shared.lock().tree.len(), 0);
+    }
+
+    #[test]
+    fn an_unreaped_exit_goes_out_after_the_wait_with_the_cpu_read_at_exit() {
+        let (metrics, ingest, shared, mut rx) = setup();
+        let exit = rec::exit(10, 1, 5, 0);
+        ingest.batch(&shared).apply(&encode(&exit));
+        assert!(rx.try_recv().is_err(), "held for its release");
+        ingest
+            .batch(&shared)
+            .expire_exits(exit.time_ns + crate::release::RELEASE_WAIT_NS - 1);
+        assert!(rx.try_recv().is_err(), "still within the wait");
+        ingest
+            .batch(&shared)
+            .expire_exits(exit.time_ns + crate::release::RELEASE_WAIT_NS);
+        let x = next_json(&mut rx);
+        assert_eq!((x["kind"].as_str(), x["cpu_final"].as_bool()), (Some("exit"), Some(false)));
+        assert_eq!(x["cpu_user_seconds"].as_f64(), Some(0.0015));
+        assert_eq!(metrics.exits_before_release.get(), 1);
+        // The release, 10 s later: nothing more to report, and no second exit.
+        ingest.batch(&shared).apply(&encode(&rec::release(&exit, 5_000_000)));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(metrics.exits.with_label_values(&["clean"]).get(), 1);
+    }
+
+    #[test]
+    fn a_release_without_its_exit_is_the_exit() {
+        let (metrics, ingest, shared, mut rx) = setup();
+        let start = 5_000_000_000;
+        let mut batch = ingest.batch(&shared);
+        batch.apply(&encode(&rec::fork(10, 1, start)));
+        batch.apply(&encode(&rec::release(&rec::exit(10, 1, start, 3 << 8), 0)));
+        drop(batch);
+        let _fork = next_json(&mut rx);
+        let x = next_json(&mut rx);
+        assert_eq!(
+            (x["kind"].as_str(), x["exit_code"].as_u64(), x["ppid"].as_u64()),
+            (Some("exit"), Some(3), Some(1))
+        );
+        assert_eq!(metrics.recovered_exits.get(), 1);
         assert_eq!(shared.lock().tree.len(), 0);
     }
 

@@ -19,6 +19,7 @@ mod metrics;
 mod procfs;
 mod profile;
 mod record;
+mod release;
 mod run;
 mod state;
 mod tree;

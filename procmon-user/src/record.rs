@@ -12,13 +12,15 @@ use procmon_common::{
 };
 
 /// The `kind` label of `procmon_events_total`, indexed like [`Record::index`].
-pub const RECORD_KINDS: [&str; 5] = ["fork", "exec", "exit", "oom_kill", "cgroup"];
+pub const RECORD_KINDS: [&str; 6] = ["fork", "exec", "exit", "oom_kill", "cgroup", "release"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Fork(ForkRecord),
     Exec(ExecRecord),
     Exit(ExitRecord),
+    /// A process's leader was freed: its final CPU (release.rs).
+    Release(ExitRecord),
     // Boxed: they carry 1-2 KiB of cgroup names and are rare; the hot kinds stay small.
     OomKill(Box<OomKillRecord>),
     Cgroup(Box<CgroupRecord>),
@@ -69,6 +71,7 @@ impl Record {
             Record::Exit(_) => 2,
             Record::OomKill(_) => 3,
             Record::Cgroup(_) => 4,
+            Record::Release(_) => 5,
         }
     }
 
@@ -77,7 +80,7 @@ impl Record {
         match self {
             Record::Fork(r) => r.time_ns,
             Record::Exec(r) => r.time_ns,
-            Record::Exit(r) => r.time_ns,
+            Record::Exit(r) | Record::Release(r) => r.time_ns,
             Record::OomKill(r) => r.time_ns,
             Record::Cgroup(r) => r.time_ns,
         }
@@ -99,6 +102,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::EXIT => read(header, bytes).map(Record::Exit),
         kind::OOM_KILL => read(header, bytes).map(|r| Record::OomKill(Box::new(r))),
         kind::CGROUP => read(header, bytes).map(|r| Record::Cgroup(Box::new(r))),
+        kind::RELEASE => read(header, bytes).map(Record::Release),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -236,6 +240,19 @@ pub mod tests {
             flags: exit_flags::GROUP_DEAD | exit_flags::LEADER,
             _pad: 0,
             comm: comm(b"child"),
+        }
+    }
+
+    /// The release record of `exit`'s process, `extra_ns` of CPU later.
+    pub fn release(exit: &ExitRecord, extra_ns: u64) -> ExitRecord {
+        ExitRecord {
+            header: RecordHeader::new(kind::RELEASE, size_of::<ExitRecord>()),
+            time_ns: exit.time_ns + 1_000_000,
+            parent_start_ns: 0,
+            ppid: 0,
+            stime_ns: exit.stime_ns + extra_ns,
+            runtime_ns: exit.runtime_ns + extra_ns,
+            ..*exit
         }
     }
 

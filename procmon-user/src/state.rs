@@ -36,11 +36,13 @@ pub enum Applied {
     Exec {
         old_comm: Option<Comm>,
     },
-    /// The process the exit removed, if the tree knew it.
+    /// The process the exit removed, if the tree knew it. What it is attributed waits for
+    /// its final CPU ([`State::finish_exit`]).
     Exit {
         gone: Option<TrackedProcess>,
     },
-    /// A record that does not change the tree (OOM kills, cgroups of dying processes).
+    /// A record that does not change the tree (OOM kills, cgroups of dying processes,
+    /// releases).
     Unchanged,
 }
 
@@ -77,9 +79,9 @@ impl State {
                 old_comm: self.apply_exec(r),
             },
             Record::Exit(r) => Applied::Exit {
-                gone: self.apply_exit(r),
+                gone: self.tree.on_exit(r),
             },
-            Record::OomKill(_) | Record::Cgroup(_) => Applied::Unchanged,
+            Record::OomKill(_) | Record::Cgroup(_) | Record::Release(_) => Applied::Unchanged,
         }
     }
 
@@ -101,16 +103,20 @@ impl State {
         old_comm
     }
 
-    fn apply_exit(&mut self, r: &ExitRecord) -> Option<TrackedProcess> {
-        let gone = self.tree.on_exit(r);
-        if let Some(p) = &gone {
+    /// Attributes an exit the tree has applied, `r` carrying its final CPU (release.rs).
+    pub fn finish_exit(&mut self, gone: Option<&TrackedProcess>, r: &ExitRecord) {
+        if let Some(p) = gone {
             self.attribution
                 .on_exit(p, r.runtime_ns, peak_rss_bytes(r), r.time_ns);
         }
         if let Some(o) = &mut self.observer {
-            o.on_exit(gone.as_ref(), r);
+            o.on_exit(gone, r);
         }
-        gone
+    }
+
+    /// CPU an exited process spent after its exit was reported (release.rs).
+    pub fn late_cpu(&mut self, p: &TrackedProcess, cpu_ns: u64) {
+        self.attribution.on_late_cpu(p, cpu_ns);
     }
 
     /// Watches `pid` (already forked): its children are attributed individually.

@@ -1,7 +1,8 @@
 //! `sched_process_exit(struct task_struct *p[, bool group_dead])`, fired once per exiting
-//! thread. Only the last thread of a group makes a record: that is the process's death. The
-//! record waits in `PENDING_EXITS` until the thread's final context switch (probes/switch.rs)
-//! fills in the final CPU times and sends it.
+//! thread. Only the last thread of a group makes a record: that is the process's death. It is
+//! sent at once, so it is in the ring buffer before the pid can be reused (the pid is freed
+//! later, when the process is released); its final CPU times follow in the release record
+//! (probes/release.rs).
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
@@ -16,7 +17,7 @@ use procmon_common::{
 use crate::{
     cgroup, count, offsets,
     task::{mm_counter, parent_identity, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
-    wakeup_flags, EVENTS, GROUP_DEAD, PENDING_EXITS, THREAD_EXITS,
+    wakeup_flags, EVENTS, GROUP_DEAD,
 };
 
 /// `taskstats_exit(struct task_struct *tsk, int group_dead)`, called by every exiting thread
@@ -76,86 +77,91 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let o = offsets();
     let task = Kptr(ctx.arg(0));
-    let tid: u32 = task.read(o.task_pid);
     if !is_group_dead(ctx, task, &o) {
         count(stat::THREAD_EXITS);
-        // Tells the final switch this thread's exit was traced (probes/switch.rs). Full map:
-        // that switch will take it for a skipped process exit, which the agent drops as a
-        // duplicate if the process's own exit does arrive.
-        let _ = THREAD_EXITS.insert(&tid, &0, 0);
         return Ok(());
     }
-    let mut record = new_record(task, &o);
-    let mm = task.ptr(o.task_mm);
-    if !mm.0.is_null() {
-        record.hiwater_pages = mm.read(o.mm_hiwater_rss);
-        record.rss_file_pages = mm_counter(mm, MM_FILEPAGES, &o);
-        record.rss_anon_pages = mm_counter(mm, MM_ANONPAGES, &o);
-        record.rss_shmem_pages = mm_counter(mm, MM_SHMEMPAGES, &o);
-    }
-    send_cgroup_if_signalled(&record, task, &o);
-    add_group_cpu(&mut record, task, &o);
-    if PENDING_EXITS.insert(&tid, &record, 0).is_err() {
-        count(stat::EXIT_NOT_DEFERRED);
-        add_own_cpu(&mut record, task, &o);
-        send(&record);
-        // Sent: nothing for the final switch to recover.
-        let _ = THREAD_EXITS.insert(&tid, &0, 0);
-    }
-    Ok(())
-}
-
-/// An exit record of `task`'s process without CPU or mm figures, which depend on when it
-/// is made.
-#[inline(always)]
-pub fn new_record(task: Kptr, o: &KernelOffsets) -> ExitRecord {
+    // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
+    let time_ns = unsafe { bpf_ktime_get_boot_ns() };
+    let pid: u32 = task.read(o.task_tgid);
     let leader = task.ptr(o.task_group_leader);
-    let (ppid, parent_start_ns) = parent_identity(leader, o);
-    ExitRecord {
-        header: RecordHeader::new(kind::EXIT, core::mem::size_of::<ExitRecord>()),
-        // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
-        time_ns: unsafe { bpf_ktime_get_boot_ns() },
-        start_ns: leader.read(o.task_start_boottime),
-        parent_start_ns,
-        utime_ns: 0,
-        stime_ns: 0,
-        runtime_ns: 0,
-        maxrss_kb: task.ptr(o.task_signal).read(o.signal_maxrss),
-        hiwater_pages: 0,
-        rss_file_pages: 0,
-        rss_anon_pages: 0,
-        rss_shmem_pages: 0,
-        pid: task.read(o.task_tgid),
-        tid: task.read(o.task_pid),
-        ppid,
-        exit_status: task.read(o.task_exit_code),
-        flags: exit_flags::GROUP_DEAD
+    let start_ns: u64 = leader.read(o.task_start_boottime);
+    let exit_status: u32 = task.read(o.task_exit_code);
+    // Before the exit record: the agent attributes the crash when the exit follows.
+    if sends_cgroup(exit_status) {
+        send_cgroup(time_ns, start_ns, pid, task, &o);
+    }
+    let mut entry = EVENTS
+        .reserve::<ExitRecord>(0)
+        .ok_or(stat::RINGBUF_FULL_EXIT)?;
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` is the reserved record, valid for writes until it is submitted; every
+    // field is written below before that (in place: it is too big to build on the stack
+    // next to the rest).
+    unsafe {
+        (*r).header = RecordHeader::new(kind::EXIT, core::mem::size_of::<ExitRecord>());
+        (*r).time_ns = time_ns;
+        (*r).start_ns = start_ns;
+        let (ppid, parent_start_ns) = parent_identity(leader, &o);
+        (*r).parent_start_ns = parent_start_ns;
+        (*r).ppid = ppid;
+        (*r).pid = pid;
+        (*r).tid = task.read(o.task_pid);
+        (*r).exit_status = exit_status;
+        (*r).flags = exit_flags::GROUP_DEAD
             | if leader == task {
                 exit_flags::LEADER
             } else {
                 0
-            },
-        _pad: 0,
-        // The process's name is its leader's, as `ps` shows it: the exiting thread may be
-        // a worker named otherwise (rustc's last thread is its `ctrl-c` handler). A leader
-        // that ended first stays readable as a zombie until the group is released.
-        comm: leader.comm(o),
+            };
+        (*r)._pad = 0;
+        // The process's name is its leader's, as `ps` shows it: the exiting thread may be a
+        // worker named otherwise (rustc's last thread is its `ctrl-c` handler). A leader that
+        // ended first stays readable as a zombie until the group is released.
+        (*r).comm = leader.comm(&o);
+        let signal = task.ptr(o.task_signal);
+        (*r).maxrss_kb = signal.read(o.signal_maxrss);
+        // The group's CPU so far: threads already released are in `signal_struct`; this
+        // thread and a zombie leader are not. What the exit path spends after this point
+        // comes with the release record.
+        (*r).utime_ns = signal.read::<u64>(o.signal_utime) + task.read::<u64>(o.task_utime);
+        (*r).stime_ns = signal.read::<u64>(o.signal_stime) + task.read::<u64>(o.task_stime);
+        (*r).runtime_ns = signal.read::<u64>(o.signal_sum_sched_runtime)
+            + task.read::<u64>(o.task_sum_exec_runtime);
+        if leader != task {
+            (*r).utime_ns += leader.read::<u64>(o.task_utime);
+            (*r).stime_ns += leader.read::<u64>(o.task_stime);
+            (*r).runtime_ns += leader.read::<u64>(o.task_sum_exec_runtime);
+        }
+        let mm = task.ptr(o.task_mm);
+        if mm.0.is_null() {
+            (*r).hiwater_pages = 0;
+            (*r).rss_file_pages = 0;
+            (*r).rss_anon_pages = 0;
+            (*r).rss_shmem_pages = 0;
+        } else {
+            (*r).hiwater_pages = mm.read(o.mm_hiwater_rss);
+            (*r).rss_file_pages = mm_counter(mm, MM_FILEPAGES, &o);
+            (*r).rss_anon_pages = mm_counter(mm, MM_ANONPAGES, &o);
+            (*r).rss_shmem_pages = mm_counter(mm, MM_SHMEMPAGES, &o);
+        }
     }
+    entry.submit(wakeup_flags());
+    Ok(())
 }
 
-/// Crash signals and SIGKILL send the memory cgroup first (see [`send_cgroup`]).
+/// Whether a death with this wait status sends the memory cgroup first: crash signals and
+/// SIGKILL (OOM kills), see [`send_cgroup`].
 #[inline(always)]
-pub fn send_cgroup_if_signalled(record: &ExitRecord, task: Kptr, o: &KernelOffsets) {
-    let death_signal = wait_status::signal(record.exit_status);
-    if death_signal < 64 && CGROUP_ON_SIGNALS & (1u64 << death_signal) != 0 {
-        send_cgroup(record, task, o);
-    }
+pub fn sends_cgroup(exit_status: u32) -> bool {
+    let death_signal = wait_status::signal(exit_status);
+    death_signal < 64 && CGROUP_ON_SIGNALS & (1u64 << death_signal) != 0
 }
 
 /// The memory cgroup of a process dying of a crash signal or SIGKILL (a rare path), so
 /// userspace can attribute the crash to a workload once the exit record follows.
 #[inline(always)]
-fn send_cgroup(exit: &ExitRecord, task: Kptr, o: &KernelOffsets) {
+fn send_cgroup(time_ns: u64, start_ns: u64, pid: u32, task: Kptr, o: &KernelOffsets) {
     let Some(mut entry) = EVENTS.reserve::<CgroupRecord>(0) else {
         count(stat::RINGBUF_FULL_CGROUP);
         return;
@@ -165,45 +171,11 @@ fn send_cgroup(exit: &ExitRecord, task: Kptr, o: &KernelOffsets) {
     // in place (it is too big for the stack); `read_path`'s contract holds for `path` in it.
     unsafe {
         (*r).header = RecordHeader::new(kind::CGROUP, core::mem::size_of::<CgroupRecord>());
-        (*r).time_ns = exit.time_ns;
-        (*r).start_ns = exit.start_ns;
-        (*r).pid = exit.pid;
+        (*r).time_ns = time_ns;
+        (*r).start_ns = start_ns;
+        (*r).pid = pid;
         (*r)._pad = 0;
         cgroup::read_path(cgroup::task_memcg_kn(task, o), &mut (*r).path, o);
     }
     entry.submit(wakeup_flags());
-}
-
-/// The thread group's CPU apart from the exiting thread: `signal_struct` holds threads
-/// already released, and a zombie leader's own counters are added (they are folded in only
-/// when it is reaped). NB: read at the exit tracepoint, before exit_notify(): once the
-/// parent can reap, release_task() adds this thread to `signal_struct` too, and reading
-/// both later would count it twice.
-#[inline(always)]
-pub fn add_group_cpu(r: &mut ExitRecord, task: Kptr, o: &KernelOffsets) {
-    let signal = task.ptr(o.task_signal);
-    r.utime_ns = signal.read::<u64>(o.signal_utime);
-    r.stime_ns = signal.read::<u64>(o.signal_stime);
-    r.runtime_ns = signal.read::<u64>(o.signal_sum_sched_runtime);
-    let leader = task.ptr(o.task_group_leader);
-    if leader != task {
-        r.utime_ns += leader.read::<u64>(o.task_utime);
-        r.stime_ns += leader.read::<u64>(o.task_stime);
-        r.runtime_ns += leader.read::<u64>(o.task_sum_exec_runtime);
-    }
-}
-
-/// The exiting thread's own counters: final at its last context switch.
-#[inline(always)]
-pub fn add_own_cpu(r: &mut ExitRecord, task: Kptr, o: &KernelOffsets) {
-    r.utime_ns += task.read::<u64>(o.task_utime);
-    r.stime_ns += task.read::<u64>(o.task_stime);
-    r.runtime_ns += task.read::<u64>(o.task_sum_exec_runtime);
-}
-
-#[inline(always)]
-pub fn send(r: &ExitRecord) {
-    if EVENTS.output::<ExitRecord>(r, wakeup_flags()).is_err() {
-        count(stat::RINGBUF_FULL_EXIT);
-    }
 }

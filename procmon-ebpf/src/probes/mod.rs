@@ -4,5 +4,5 @@ pub mod exit;
 pub mod fork;
 pub mod oom;
 pub mod profile;
+pub mod release;
 pub mod sample;
-pub mod switch;

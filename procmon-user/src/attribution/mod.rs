@@ -311,6 +311,17 @@ impl Attribution {
         stats.processes = stats.processes.saturating_sub(1);
     }
 
+    /// CPU an exited process spent after its exit was attributed (its parent reaped it
+    /// late, see release.rs): added where its exit was.
+    pub fn on_late_cpu(&mut self, p: &TrackedProcess, cpu_ns: u64) {
+        for id in &p.ext.units {
+            if let Some(unit) = self.units.get_mut(id) {
+                unit.exited_cpu_ns += cpu_ns;
+            }
+        }
+        self.stats(p.ext.workload).exited_cpu_ns += cpu_ns;
+    }
+
     /// Applies one round of live samples (pid → start, CPU ns, RSS bytes), recomputes the
     /// live sums and drops exited units past their retention.
     pub fn apply_samples(

@@ -41,7 +41,7 @@ pub fn crash_event(
 mod tests {
     use crate::{
         events::EventKind,
-        ingest::tests::{next_json, setup},
+        ingest::tests::{apply_exit, next_json, setup},
         record::{encode, tests as rec},
     };
 
@@ -64,7 +64,7 @@ mod tests {
                 start,
                 &["system.slice", "hog.service"],
             )));
-            batch.apply(&encode(&rec::exit(10, 9, start, libc::SIGKILL as u32)));
+            apply_exit(&mut batch, &rec::exit(10, 9, start, libc::SIGKILL as u32));
         }
         let kinds: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         let json = |k: EventKind| -> serde_json::Value {
@@ -132,9 +132,10 @@ mod tests {
     #[test]
     fn plain_sigkill_is_killed_without_crash_event() {
         let (metrics, ingest, shared, mut rx) = setup();
-        ingest
-            .batch(&shared)
-            .apply(&encode(&rec::exit(10, 1, 5, libc::SIGKILL as u32)));
+        apply_exit(
+            &mut ingest.batch(&shared),
+            &rec::exit(10, 1, 5, libc::SIGKILL as u32),
+        );
         assert_eq!(next_json(&mut rx)["outcome"], "killed");
         assert!(rx.try_recv().is_err(), "no crash event for a plain kill");
         assert_eq!(metrics.exits.with_label_values(&["killed"]).get(), 1);
@@ -148,7 +149,7 @@ mod tests {
         for i in 0..15u32 {
             let unit = format!("u{i}.service");
             batch.apply(&encode(&rec::cgroup(100 + i, 7, &[&unit])));
-            batch.apply(&encode(&rec::exit(100 + i, 1, 7, libc::SIGABRT as u32)));
+            apply_exit(&mut batch, &rec::exit(100 + i, 1, 7, libc::SIGABRT as u32));
         }
         drop(batch);
         assert_eq!(
@@ -192,9 +193,9 @@ mod tests {
         {
             let mut batch = ingest.batch(&shared);
             batch.apply(&encode(&rec::cgroup(10, start, &["machine.slice", &scope])));
-            batch.apply(&encode(&rec::exit(10, 1, start, libc::SIGSEGV as u32)));
-            batch.apply(&encode(&rec::exit(11, 1, start, 0)));
-            batch.apply(&encode(&rec::exit(12, 1, start, 3 << 8)));
+            apply_exit(&mut batch, &rec::exit(10, 1, start, libc::SIGSEGV as u32));
+            apply_exit(&mut batch, &rec::exit(11, 1, start, 0));
+            apply_exit(&mut batch, &rec::exit(12, 1, start, 3 << 8));
         }
         let events: Vec<serde_json::Value> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|m| serde_json::from_slice(&m.json).unwrap())
@@ -261,7 +262,7 @@ mod tests {
             let mut exit = rec::exit(pid, 2, 7, libc::SIGSEGV as u32);
             exit.comm = rec::comm(name.as_bytes());
             batch.apply(&encode(&rec::cgroup(pid, 7, &[])));
-            batch.apply(&encode(&exit));
+            apply_exit(&mut batch, &exit);
         }
         drop(batch);
         assert_eq!(

@@ -216,6 +216,9 @@ pub struct ExitEvent<'a> {
     pub outcome: Outcome,
     pub cpu_user_seconds: f64,
     pub cpu_system_seconds: f64,
+    /// False when the parent had not reaped the process within 1 s: the CPU above misses
+    /// what its exit path spent after the exit tracepoint (release.rs).
+    pub cpu_final: bool,
     pub peak_rss_bytes: u64,
     pub lifetime_seconds: f64,
     #[serde(flatten)]
@@ -370,6 +373,7 @@ pub struct ExitFields {
     pub outcome: Outcome,
     pub cpu_user_seconds: f64,
     pub cpu_system_seconds: f64,
+    pub cpu_final: bool,
     pub peak_rss_bytes: u64,
     pub lifetime_seconds: f64,
     /// What the tree knew of the process's cgroup, when it names a container.
@@ -390,6 +394,7 @@ impl ExitFields {
             outcome: self.outcome,
             cpu_user_seconds: self.cpu_user_seconds,
             cpu_system_seconds: self.cpu_system_seconds,
+            cpu_final: self.cpu_final,
             peak_rss_bytes: self.peak_rss_bytes,
             lifetime_seconds: self.lifetime_seconds,
             container: ContainerFields::of(self.identity.as_deref()),

@@ -48,8 +48,6 @@ pub fn resolve_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         task_utime: task("utime")?,
         task_stime: task("stime")?,
         task_sum_exec_runtime: task("se.sum_exec_runtime")?,
-        // Renamed in Linux 5.14 to catch unannotated accesses.
-        task_state: task("__state").or_else(|_| task("state"))?,
         task_mm: task("mm")?,
         mm_hiwater_rss: r.byte_offset("mm_struct", "hiwater_rss")?,
         mm_rss_stat,
@@ -89,7 +87,6 @@ pub fn resolve_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         oom_control_chosen: r.byte_offset("oom_control", "chosen")?,
         task_real_cred: task("real_cred")?,
         cred_uid: r.byte_offset("cred", "uid")?,
-        task_exit_state: task("exit_state")?,
     })
 }
 

@@ -158,10 +158,10 @@ pub struct Probes {
 /// The task iterator used for live sampling (kernel/sampler.rs).
 pub const SAMPLE_PROGRAM: &str = "sample_tasks";
 
-/// sched_switch completes exit records at the dying thread's last context switch
-/// (procmon-ebpf/src/probes/switch.rs); it is attached first so no exit waits forever.
+/// The release probe completes exits with their final CPU (procmon-ebpf/src/probes/release.rs);
+/// it is attached first so no traced exit misses its release.
 pub const PROGRAMS: [&str; 6] = [
-    "sched_switch",
+    "sched_process_free",
     // Before the fork probe: it is the fallback for forks whose run the kernel skipped.
     "sched_wakeup_new",
     "sched_process_fork",

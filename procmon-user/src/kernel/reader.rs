@@ -47,6 +47,7 @@ pub async fn run(
             tokio::task::yield_now().await;
         }
         if stopping {
+            ingest.batch(&shared).flush_exits();
             return Ok(());
         }
     }
@@ -66,5 +67,6 @@ fn drain_batch(
     if let Some(seconds) = batch.lag_seconds() {
         lag.observe(seconds);
     }
+    batch.expire_exits(crate::clock::boottime_ns());
     batch.records
 }

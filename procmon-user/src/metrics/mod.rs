@@ -68,6 +68,9 @@ pub struct Metrics {
     pub sse_clients: IntGauge,
     pub sse_refused: IntCounter,
     pub duplicate_exits: IntCounter,
+    pub recovered_exits: IntCounter,
+    pub exits_before_release: IntCounter,
+    pub releases_forgotten: IntCounter,
     pub cpu_pegged: IntCounterVec,
     pub http_refused: IntCounter,
     kernel_features: IntGaugeVec,
@@ -188,6 +191,21 @@ impl Metrics {
             "Second exit records of one process, dropped: before Linux 6.16, without fentry on taskstats_exit, threads exiting at once can each look like the last one.",
         )
         .unwrap();
+        let recovered_exits = IntCounter::new(
+            "procmon_kernel_exits_recovered_total",
+            "Process exits whose exit-tracepoint run the kernel skipped (see procmon_kernel_program_misses_total), recovered from the process's release: exact CPU, peak RSS from the kernel's maxrss, no memory breakdown.",
+        )
+        .unwrap();
+        let exits_before_release = IntCounter::new(
+            "procmon_exits_before_release_total",
+            "Exits reported before their process was released (the parent had not reaped it within 1 s, or the agent stopped): the event's CPU is what the exit tracepoint read (cpu_final false); the rest is added to the CPU counters when the release comes.",
+        )
+        .unwrap();
+        let releases_forgotten = IntCounter::new(
+            "procmon_exits_release_forgotten_total",
+            "Exits reported before their release that were forgotten (65,536 are remembered) before it came: the CPU their exit path spent after the exit tracepoint is not attributed.",
+        )
+        .unwrap();
         let cpu_pegged = IntCounterVec::new(
             Opts::new(
                 "procmon_cpu_pegged_total",
@@ -231,6 +249,9 @@ impl Metrics {
             Box::new(sse_refused.clone()),
             Box::new(kernel_features.clone()),
             Box::new(duplicate_exits.clone()),
+            Box::new(recovered_exits.clone()),
+            Box::new(exits_before_release.clone()),
+            Box::new(releases_forgotten.clone()),
             Box::new(cpu_pegged.clone()),
             Box::new(http_refused.clone()),
             Box::new(StateCollector::new(source)),
@@ -252,6 +273,9 @@ impl Metrics {
             sse_clients,
             sse_refused,
             duplicate_exits,
+            recovered_exits,
+            exits_before_release,
+            releases_forgotten,
             cpu_pegged,
             http_refused,
             kernel_features,
@@ -313,7 +337,7 @@ const fn family(
 }
 
 /// Everything [`StateCollector`] produces, in output order.
-const FAMILIES: [Family; 19] = [
+const FAMILIES: [Family; 17] = [
     family("procmon_processes_live", Kind::Gauge, &[], "Live processes known to the process tree."),
     family("procmon_tree_processes", Kind::Gauge, &[], "Entries tracked by the process tree."),
     family("procmon_tree_evictions_total", Kind::Counter, &[], "Tree entries evicted because the tree reached --max-processes."),
@@ -321,8 +345,6 @@ const FAMILIES: [Family; 19] = [
     family("procmon_events_lost_total", Kind::Counter, &["kind", "reason"], "Events lost, by kind and reason (ringbuf_full: the kernel ring buffer was full; truncated, abi_mismatch, unknown_kind, size_mismatch: rejected by the decoder; sink_lagged: the --events writer fell behind; sink_error: writing --events failed; shutdown_unflushed: the --events output did not take them before shutdown)."),
     family("procmon_kernel_read_errors_total", Kind::Counter, &[], "Kernel memory reads that failed in the probes (the field was sent as zero)."),
     family("procmon_kernel_thread_exits_total", Kind::Counter, &[], "Thread (not process) exits seen by the exit probe."),
-    family("procmon_kernel_exits_not_deferred_total", Kind::Counter, &[], "Exit records sent before the exit path finished (pending-exit map full): their CPU time is slightly low."),
-    family("procmon_kernel_exits_recovered_total", Kind::Counter, &[], "Process exits whose exit-tracepoint run the kernel skipped (see procmon_kernel_program_misses_total), recovered at the process's final context switch: exact CPU, peak RSS from the kernel's maxrss."),
     family("procmon_kernel_forks_recovered_total", Kind::Counter, &[], "Process forks whose fork-tracepoint run the kernel skipped (see procmon_kernel_program_misses_total), sent from the child's first wakeup instead."),
     family("procmon_kernel_program_misses_total", Kind::Counter, &["program"], "Runs of a probe the kernel skipped because the same program was already running, preempted, on that CPU: those events were never seen."),
     family("procmon_cpu_samples_total", Kind::Counter, &[], "CPU samples taken by the perf-event sampler (--profile-hz), idle CPUs excluded."),
@@ -373,7 +395,7 @@ impl Collector for StateCollector {
         let s = self.source.snapshot();
         let k = |i: u32| s.kernel[i as usize];
         let labels = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let rows: [Rows; 19] = [
+        let rows: [Rows; 17] = [
             one(s.live_processes),
             one(s.tracked_processes),
             one(s.tree.evictions),
@@ -394,6 +416,10 @@ impl Collector for StateCollector {
                 (
                     labels(&["exit", "ringbuf_full"]),
                     k(stat::RINGBUF_FULL_EXIT) as f64,
+                ),
+                (
+                    labels(&["release", "ringbuf_full"]),
+                    k(stat::RINGBUF_FULL_RELEASE) as f64,
                 ),
                 (
                     labels(&["oom_kill", "ringbuf_full"]),
@@ -420,8 +446,6 @@ impl Collector for StateCollector {
             .collect(),
             one(k(stat::READ_ERROR)),
             one(k(stat::THREAD_EXITS)),
-            one(k(stat::EXIT_NOT_DEFERRED)),
-            one(k(stat::EXIT_RECOVERED)),
             one(k(stat::FORK_RECOVERED)),
             s.program_misses
                 .iter()

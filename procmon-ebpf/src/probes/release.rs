@@ -1,0 +1,74 @@
+//! `sched_process_free(struct task_struct *p)`: a task's last reference is dropped, from the
+//! RCU callback queued once both its final context switch and its release (the parent's
+//! reap, or at once for threads and auto-reaped children) are done. For a process's leader,
+//! which is released last, every thread's counters are folded into `signal_struct` by then:
+//! the process's CPU is final, what `wait4()` reported to its parent.
+//!
+//! This replaces a program on every context switch (the dying thread's last one), which cost
+//! every switch of every process on the host: this one runs once per thread that ends.
+//!
+//! It is also where an exit the kernel did not trace is recovered: where tracepoint programs
+//! are preemptible (7.x, PREEMPT_LAZY), the kernel skips a program's run on a CPU where that
+//! program is already running, preempted. The agent takes a release without an exit for the
+//! exit itself.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+use procmon_common::{exit_flags, kind, stat, ExitRecord, RecordHeader};
+
+use crate::{count, offsets, task::Kptr, wakeup_flags, EVENTS};
+
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
+    match try_sched_process_free(&ctx) {
+        Ok(()) => 0,
+        Err(stat) => {
+            count(stat);
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn try_sched_process_free(ctx: &BtfTracePointContext) -> Result<(), u32> {
+    let o = offsets();
+    let task = Kptr(ctx.arg(0));
+    let tid: u32 = task.read(o.task_pid);
+    let pid: u32 = task.read(o.task_tgid);
+    if tid != pid {
+        // Not a leader: its process lives on, or its leader's release follows.
+        return Ok(());
+    }
+    let mut entry = EVENTS
+        .reserve::<ExitRecord>(0)
+        .ok_or(stat::RINGBUF_FULL_RELEASE)?;
+    let r = entry.as_mut_ptr();
+    let signal = task.ptr(o.task_signal);
+    // SAFETY: `r` is the reserved record, valid for writes until it is submitted; every
+    // field is written below before that. bpf_ktime_get_boot_ns has no preconditions.
+    unsafe {
+        (*r).header = RecordHeader::new(kind::RELEASE, core::mem::size_of::<ExitRecord>());
+        (*r).time_ns = bpf_ktime_get_boot_ns();
+        (*r).start_ns = task.read(o.task_start_boottime);
+        // The parent may be gone and freed by now: its fields are not read.
+        (*r).parent_start_ns = 0;
+        (*r).ppid = 0;
+        (*r).pid = pid;
+        (*r).tid = tid;
+        (*r).exit_status = task.read(o.task_exit_code);
+        (*r).flags = exit_flags::GROUP_DEAD | exit_flags::LEADER;
+        (*r)._pad = 0;
+        (*r).comm = task.comm(&o);
+        (*r).maxrss_kb = signal.read(o.signal_maxrss);
+        (*r).utime_ns = signal.read(o.signal_utime);
+        (*r).stime_ns = signal.read(o.signal_stime);
+        (*r).runtime_ns = signal.read(o.signal_sum_sched_runtime);
+        (*r).hiwater_pages = 0;
+        (*r).rss_file_pages = 0;
+        (*r).rss_anon_pages = 0;
+        (*r).rss_shmem_pages = 0;
+    }
+    entry.submit(wakeup_flags());
+    Ok(())
+}
