@@ -148,11 +148,13 @@ impl Pipeline {
         });
         let ingest = Ingest::new(&metrics, hub.clone(), decode_errors);
         let (stop, stop_rx) = watch::channel(false);
+        let drained = Arc::new(kernel::reader::Drained::default());
         let reader = tokio::spawn(kernel::reader::run(
             events,
             ingest,
             shared.clone(),
             metrics.reader_lag.clone(),
+            drained.clone(),
             stop_rx.clone(),
         ));
         let sampler = tokio::spawn(sample_periodically(
@@ -174,6 +176,7 @@ impl Pipeline {
         });
         let reconciler = tokio::spawn(reconcile_periodically(
             shared.clone(),
+            drained,
             cfg.reconcile_interval,
             stop_rx.clone(),
         ));
@@ -437,6 +440,7 @@ async fn resolve_cgroups(shared: &Arc<Shared>, limit: usize) {
 /// Periodically corrects the tree against /proc (missed forks and exits).
 async fn reconcile_periodically(
     shared: Arc<Shared>,
+    drained: Arc<kernel::reader::Drained>,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -453,6 +457,20 @@ async fn reconcile_periodically(
             log::warn!("cannot read /proc; reconciliation skipped");
             continue;
         };
+        // The scan is judged against the records of everything that happened before it ended.
+        let scan_ended = boottime_ns() + RECONCILE_MARGIN.as_nanos() as u64;
+        let caught_up = tokio::time::timeout(RECONCILE_CATCH_UP, async {
+            while drained.through_ns() < scan_ended {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        tokio::select! {
+            _ = stop.changed() => return,
+            done = caught_up => if done.is_err() {
+                log::debug!("the ring-buffer reader is behind; reconciliation skipped");
+                continue;
+            }
+        }
         let shared = shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
             shared
@@ -465,6 +483,12 @@ async fn reconcile_periodically(
         .await;
     }
 }
+
+/// Slack past the scan's end for records reserved before it and submitted just after.
+const RECONCILE_MARGIN: Duration = Duration::from_millis(1);
+/// How long a reconciliation waits for the reader to catch up before it is skipped (a
+/// backlogged reader would make every missed record look like a loss).
+const RECONCILE_CATCH_UP: Duration = Duration::from_secs(5);
 
 struct AgentHealth {
     shared: Arc<Shared>,

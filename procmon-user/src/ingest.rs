@@ -603,11 +603,16 @@ pub(crate) mod tests {
             .batch(&shared)
             .expire_exits(exit.time_ns + crate::release::RELEASE_WAIT_NS);
         let x = next_json(&mut rx);
-        assert_eq!((x["kind"].as_str(), x["cpu_final"].as_bool()), (Some("exit"), Some(false)));
+        assert_eq!(
+            (x["kind"].as_str(), x["cpu_final"].as_bool()),
+            (Some("exit"), Some(false))
+        );
         assert_eq!(x["cpu_user_seconds"].as_f64(), Some(0.0015));
         assert_eq!(metrics.exits_before_release.get(), 1);
         // The release, 10 s later: nothing more to report, and no second exit.
-        ingest.batch(&shared).apply(&encode(&rec::release(&exit, 5_000_000)));
+        ingest
+            .batch(&shared)
+            .apply(&encode(&rec::release(&exit, 5_000_000)));
         assert!(rx.try_recv().is_err());
         assert_eq!(metrics.exits.with_label_values(&["clean"]).get(), 1);
     }
@@ -623,7 +628,11 @@ pub(crate) mod tests {
         let _fork = next_json(&mut rx);
         let x = next_json(&mut rx);
         assert_eq!(
-            (x["kind"].as_str(), x["exit_code"].as_u64(), x["ppid"].as_u64()),
+            (
+                x["kind"].as_str(),
+                x["exit_code"].as_u64(),
+                x["ppid"].as_u64()
+            ),
             (Some("exit"), Some(3), Some(1))
         );
         assert_eq!(metrics.recovered_exits.get(), 1);

@@ -52,7 +52,10 @@ pub enum Released<T> {
     Held(Held<T>),
     /// An exit already reported: the CPU the exit path spent after the exit tracepoint,
     /// for the counters only.
-    Late { process: TrackedProcess, cpu_ns: u64 },
+    Late {
+        process: TrackedProcess,
+        cpu_ns: u64,
+    },
     /// No exit was seen for it.
     Unseen,
 }

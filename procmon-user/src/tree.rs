@@ -63,10 +63,22 @@ pub struct Tree<X = ()> {
     stats: TreeStats,
 }
 
-/// Two start times name the same process if they fall in the same clock tick: /proc reports
-/// ticks, the probes report ns, and a pid cannot be reused within one tick.
+/// Whether two start times name the same process (of one pid).
+///
+/// The probes and the task iterator report start times in exact ns; /proc reports clock
+/// ticks, which the snapshots turn into whole multiples of [`tick_ns`]. Exact times are
+/// compared exactly: a pid can be reused within one tick (a fork storm with few free pids and
+/// auto-reaped children does it), and two such processes must stay apart. A tick-precise
+/// time can only be compared by its tick. NB: an exact time that happens to be a whole tick
+/// (one in 10^7) is compared by its tick too, which only matters if its pid is reused within
+/// that tick.
 pub fn same_start(a: u64, b: u64) -> bool {
-    a / tick_ns() == b / tick_ns()
+    let tick = tick_ns();
+    if a % tick == 0 || b % tick == 0 {
+        a / tick == b / tick
+    } else {
+        a == b
+    }
 }
 
 impl<X: Extension> Tree<X> {
@@ -272,6 +284,10 @@ impl<X: Extension> Tree<X> {
         match self.procs.get_mut(&new.pid) {
             Some(p) if same_start(p.start_ns, new.start_ns) => {
                 let ppid = new.ppid;
+                // A process seeded from /proc learns its exact start from its first record.
+                if new.start_ns % tick_ns() != 0 {
+                    p.start_ns = new.start_ns;
+                }
                 p.comm = new.comm;
                 if new.exe.is_some() {
                     p.exe = new.exe;
@@ -303,7 +319,11 @@ impl<X: Extension> Tree<X> {
 
     fn evict_oldest(&mut self) -> bool {
         while let Some((pid, start)) = self.order.pop_front() {
-            if self.procs.get(&pid).is_some_and(|p| p.start_ns == start) {
+            if self
+                .procs
+                .get(&pid)
+                .is_some_and(|p| same_start(p.start_ns, start))
+            {
                 self.remove(pid);
                 self.stats.evictions += 1;
                 return true;
@@ -316,8 +336,11 @@ impl<X: Extension> Tree<X> {
     fn compact_order(&mut self) {
         if self.order.len() > 2 * self.procs.len() + 1024 {
             let procs = &self.procs;
-            self.order
-                .retain(|(pid, start)| procs.get(pid).is_some_and(|p| p.start_ns == *start));
+            self.order.retain(|(pid, start)| {
+                procs
+                    .get(pid)
+                    .is_some_and(|p| same_start(p.start_ns, *start))
+            });
         }
     }
 
@@ -409,6 +432,31 @@ mod tests {
         // Same pid, different start: a different (older) process; ours stays.
         assert!(t.on_exit(&exit(30, 1, 4 * SEC, 0)).is_none());
         assert!(t.get(30).is_some());
+    }
+
+    #[test]
+    fn a_pid_reused_within_one_tick_is_another_process() {
+        let mut t = tree_with_init();
+        // Exact (probe) start times 1 ms apart: one /proc tick, two processes.
+        let (old, new) = (5 * SEC + 1_000_001, 5 * SEC + 2_000_003);
+        t.on_fork(&fork(40, 1, old));
+        assert!(t.on_exit(&exit(40, 1, old, 0)).is_some());
+        t.on_fork(&fork(40, 1, new));
+        // A second exit record of the old process (or one arriving late) is not the new one's.
+        assert!(t.on_exit(&exit(40, 1, old, 0)).is_none());
+        assert_eq!(t.get(40).unwrap().start_ns, new);
+        assert_eq!(t.stats().pid_reuse, 0);
+        // A /proc snapshot (tick precision) still names the exact one.
+        assert!(same_start(5 * SEC, new));
+    }
+
+    #[test]
+    fn a_seeded_process_learns_its_exact_start() {
+        let mut t = tree_with_init();
+        t.seed(vec![snap(50, 1, 5 * SEC)]);
+        t.on_exec(&exec(50, 1, 5 * SEC + 3_000_007, b"x", b"/x"));
+        assert_eq!(t.get(50).unwrap().start_ns, 5 * SEC + 3_000_007);
+        assert!(t.on_exit(&exit(50, 1, 5 * SEC + 3_000_007, 0)).is_some());
     }
 
     #[test]

@@ -237,6 +237,35 @@ impl Agent {
     }
 
     /// What the agent wrote to stderr so far.
+    /// Starts the agent watching `pid:<pid>` (plus `extra_args`) and waits until the watched
+    /// root's series show up, so that a workload released afterwards is attributed from its
+    /// start. Returns the agent and the `watch` label.
+    pub fn watching(pid: u32, extra_args: &[&str]) -> (Agent, String) {
+        let watch = format!("pid:{pid}");
+        let mut args = vec!["--watch", watch.as_str()];
+        args.extend_from_slice(extra_args);
+        let agent = Agent::start(&args);
+        let pid_s = pid.to_string();
+        let found = wait_for(Duration::from_secs(60), || {
+            let m = agent.metrics();
+            (m.matching(
+                "procmon_watched_cpu_seconds_total",
+                &[("watch", &watch), ("pid", &pid_s)],
+            )
+            .count()
+                == 1)
+                .then_some(())
+        });
+        if found.is_none() {
+            panic!(
+                "no procmon_watched_cpu_seconds_total{{watch=\"{watch}\",pid=\"{pid}\"}} within \
+                 60 s of starting the agent with --watch {watch}; /metrics:\n{}",
+                agent.scrape()
+            );
+        }
+        (agent, watch)
+    }
+
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
@@ -390,10 +419,20 @@ impl Workload {
     /// Waits (bounded) for the workload's JSON report line and parses it. Panics with its
     /// stderr if it exits first or prints something that is not JSON.
     pub fn report(&mut self, timeout: Duration) -> Value {
+        self.report_line(0, timeout)
+    }
+
+    /// Like [`Workload::report`], for the workload's `index`-th line (0 is the first), for
+    /// workloads that report more than once.
+    pub fn report_line(&mut self, index: usize, timeout: Duration) -> Value {
         let line = wait_for(timeout, || {
             let text = fs::read_to_string(&self.stdout_path).unwrap_or_default();
-            if let Some(i) = text.find('\n') {
-                return Some(text[..i].to_string());
+            let complete: Vec<&str> = text
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
+                .collect();
+            if let Some(line) = complete.get(index) {
+                return Some(line.to_string());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
                 panic!(
@@ -406,7 +445,7 @@ impl Workload {
         })
         .unwrap_or_else(|| {
             panic!(
-                "{} printed no report within {timeout:?}; stderr:\n{}",
+                "{} printed no report line {index} within {timeout:?}; stderr:\n{}",
                 self.name,
                 self.stderr()
             )

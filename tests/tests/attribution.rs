@@ -11,37 +11,15 @@ use procmon_tests::{as_pid, events_for, require_root, wait_for, Agent, Metrics, 
 
 /// Bounds waits for the agent to catch up (waits, not speed assertions).
 const CATCH_UP: Duration = Duration::from_secs(60);
+
+fn watch_pid(pid: u32, sample_interval: &str) -> (Agent, String) {
+    Agent::watching(pid, &["--sample-interval", sample_interval])
+}
 /// Bounds how long a workload may take to do its work and report.
 const WORK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The labels every per-child series carries (contract).
 const CHILD_LABELS: [&str; 4] = ["comm", "pid", "root_pid", "watch"];
-
-/// Starts the agent watching `pid:<pid>` and waits until the watched root's series show up,
-/// so that the workload is released only once the agent attributes to it.
-fn watch_pid(pid: u32, sample_interval: &str) -> (Agent, String) {
-    let watch = format!("pid:{pid}");
-    let agent = Agent::start(&["--watch", &watch, "--sample-interval", sample_interval]);
-    let pid_s = pid.to_string();
-    let found = wait_for(CATCH_UP, || {
-        let m = agent.metrics();
-        (m.matching(
-            "procmon_watched_cpu_seconds_total",
-            &[("watch", &watch), ("pid", &pid_s)],
-        )
-        .count()
-            == 1)
-            .then_some(())
-    });
-    if found.is_none() {
-        panic!(
-            "no procmon_watched_cpu_seconds_total{{watch=\"{watch}\",pid=\"{pid}\"}} within \
-             {CATCH_UP:?} of starting the agent with --watch {watch}; /metrics:\n{}",
-            agent.scrape()
-        );
-    }
-    (agent, watch)
-}
 
 /// Per-child series of `name` under root `pid`, keyed by the child's pid; panics on a label
 /// set other than the contract's, or on two series for one child.

@@ -2,7 +2,13 @@
 //! only wake it once enough is pending) and on a short timer, so neither fork storms nor
 //! quiet periods cost a wakeup per event.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use prometheus::Histogram;
@@ -19,11 +25,25 @@ const BATCH: usize = 4096;
 /// Latency bound for records submitted without a wakeup.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How far the reader has read: every record the kernel submitted before this boottime (ns)
+/// has been applied. The reconciler waits for it to pass the end of its /proc scan, so a
+/// process that exited (or started) during the scan is not taken for a missed exit (or fork)
+/// while its record still waits in the ring buffer.
+#[derive(Default)]
+pub struct Drained(AtomicU64);
+
+impl Drained {
+    pub fn through_ns(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 pub async fn run(
     ring: RingBuf<MapData>,
     ingest: Ingest,
     shared: Arc<Shared>,
     lag: Histogram,
+    drained: Arc<Drained>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, while the AsyncFd
@@ -43,7 +63,16 @@ pub async fn run(
         };
         // Drain everything available (the last drain on stop included), yielding between
         // full batches so timers and scrapes stay responsive.
-        while drain_batch(ring.get_mut(), &ingest, &shared, &lag) == BATCH {
+        loop {
+            let started = crate::clock::boottime_ns();
+            if drain_batch(ring.get_mut(), &ingest, &shared, &lag) < BATCH {
+                // The ring was empty: what was submitted before `started` is applied.
+                // NB: a record reserved before it but not yet submitted stops the drain too;
+                // programs submit microseconds after reserving, far inside the margin the
+                // reconciler gives.
+                drained.0.fetch_max(started, Ordering::Release);
+                break;
+            }
             tokio::task::yield_now().await;
         }
         if stopping {
