@@ -123,18 +123,15 @@ pub mod stat {
     pub const RINGBUF_FULL_OOM_KILL: u32 = 6;
     /// A cgroup record (of a crashing process) was dropped: the ring buffer had no room.
     pub const RINGBUF_FULL_CGROUP: u32 = 7;
-    /// A process fork whose `sched_process_fork` run the kernel skipped was sent from
-    /// `sched_wakeup_new` instead.
-    pub const FORK_RECOVERED: u32 = 8;
     /// CPU samples taken (`perf_event` program, idle CPUs excluded).
-    pub const CPU_SAMPLES: u32 = 9;
+    pub const CPU_SAMPLES: u32 = 8;
     /// A sample's stack hashed to a stack-map slot held by another stack (`-EEXIST`): the
     /// sample is counted with that stack unknown. Many mean the map is too small.
-    pub const STACK_COLLISIONS: u32 = 10;
+    pub const STACK_COLLISIONS: u32 = 9;
     /// A sample could not be counted: the sample-count map was full for its window.
-    pub const SAMPLES_FULL: u32 = 11;
+    pub const SAMPLES_FULL: u32 = 10;
     /// Number of entries in the map.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 11;
 }
 
 #[repr(C)]
@@ -211,8 +208,8 @@ pub struct ExecRecord {
 /// still spends after the tracepoint (unmapping memory, closing files: on Linux 6.16+ all of
 /// it). `kind::RELEASE` is sent when the leader's `task_struct` is freed, after its parent
 /// reaped it and after the last thread's final context switch: its CPU times are final, what
-/// `wait4()` reported to the parent. Its memory figures other than `maxrss_kb` and its parent
-/// fields are zero.
+/// `wait4()` reported to the parent. Its memory figures other than `maxrss_kb`, its parent
+/// fields and its comm are zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitRecord {

@@ -22,7 +22,7 @@ mod task;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
 use procmon_common::{stat, KernelOffsets, ProbeConfig};
 
@@ -33,10 +33,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// Per-CPU counters, indexed by `procmon_common::stat`.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
-
-/// Children whose fork was traced, by pid, until their `sched_wakeup_new` (probes/fork.rs).
-#[map]
-static FORKS_TRACED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Whether each exiting thread is its group's last, by tid, as `taskstats_exit()` is told
 /// (probes/exit.rs): written just before, and taken at, the thread's `sched_process_exit`.
@@ -65,6 +61,25 @@ fn offsets() -> KernelOffsets {
     // SAFETY: a reference to a static is valid and aligned, and nothing writes the global
     // once the program is loaded (its map is frozen).
     unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+/// One load-time offset, read straight from the frozen .rodata map where it is used, so the
+/// verifier knows it as a constant (what [`task::Kptr::field`] needs). NB: not a copy of the
+/// whole `OFFSETS`: the compiler keeps such a copy on the BPF stack, and verifiers before
+/// 5.13 or so forget the value of a 4-byte constant stored there.
+macro_rules! off {
+    ($field:ident) => {
+        $crate::offset(core::ptr::addr_of!($crate::OFFSETS.$field))
+    };
+}
+pub(crate) use off;
+
+/// The `off!` read.
+#[inline(always)]
+fn offset(field: *const u32) -> u32 {
+    // SAFETY: `field` points into `OFFSETS` (the only caller is `off!`): a static, aligned,
+    // read-only once loaded; read volatile as in `offsets`.
+    unsafe { core::ptr::read_volatile(field) }
 }
 
 #[inline(always)]

@@ -20,6 +20,11 @@ impl Comm {
         Self::from_bytes(c_str(&raw))
     }
 
+    /// The NUL-padded bytes, as a record carries them.
+    pub fn raw(self) -> [u8; COMM_LEN] {
+        self.0
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         c_str(&self.0)
     }

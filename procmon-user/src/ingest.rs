@@ -202,6 +202,7 @@ impl Batch<'_> {
                     return;
                 };
                 let exit = ExitRecord {
+                    comm: p.comm.raw(),
                     ppid: p.ppid,
                     parent_start_ns: self
                         .state

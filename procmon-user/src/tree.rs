@@ -74,7 +74,7 @@ pub struct Tree<X = ()> {
 /// that tick.
 pub fn same_start(a: u64, b: u64) -> bool {
     let tick = tick_ns();
-    if a % tick == 0 || b % tick == 0 {
+    if a.is_multiple_of(tick) || b.is_multiple_of(tick) {
         a / tick == b / tick
     } else {
         a == b
@@ -285,7 +285,7 @@ impl<X: Extension> Tree<X> {
             Some(p) if same_start(p.start_ns, new.start_ns) => {
                 let ppid = new.ppid;
                 // A process seeded from /proc learns its exact start from its first record.
-                if new.start_ns % tick_ns() != 0 {
+                if !new.start_ns.is_multiple_of(tick_ns()) {
                     p.start_ns = new.start_ns;
                 }
                 p.comm = new.comm;

@@ -15,8 +15,10 @@ use procmon_common::{
 };
 
 use crate::{
-    cgroup, count, offsets,
-    task::{mm_counter, parent_identity, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
+    cgroup, count, off, offsets,
+    task::{
+        mm_counter_direct, parent_identity_direct, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES,
+    },
     wakeup_flags, EVENTS, GROUP_DEAD,
 };
 
@@ -49,17 +51,19 @@ fn try_taskstats_exit(ctx: &FEntryContext) -> Result<(), ()> {
 /// on 5.10 and 6.1). `taskstats_exit` (fentry, above) says exactly; the `live` read remains
 /// where fentry is unavailable, and the agent then drops the duplicates.
 #[inline(always)]
-fn is_group_dead(ctx: &BtfTracePointContext, task: Kptr, o: &KernelOffsets) -> bool {
-    if o.exit_has_group_dead != 0 {
+fn is_group_dead(ctx: &BtfTracePointContext, task: Kptr) -> bool {
+    if off!(exit_has_group_dead) != 0 {
         return ctx.arg::<u64>(1) & 0xff != 0;
     }
-    let tid: u32 = task.read(o.task_pid);
+    let tid: u32 = task.field(off!(task_pid));
     // SAFETY: a plain u8 value, written and removed only by this thread's exit path.
     if let Some(&dead) = unsafe { GROUP_DEAD.get(&tid) } {
         let _ = GROUP_DEAD.remove(&tid);
         return dead != 0;
     }
-    task.ptr(o.task_signal).read::<i32>(o.signal_live) == 0
+    task.field_ptr(off!(task_signal))
+        .field::<i32>(off!(signal_live))
+        == 0
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
@@ -75,21 +79,20 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
-    let o = offsets();
     let task = Kptr(ctx.arg(0));
-    if !is_group_dead(ctx, task, &o) {
+    if !is_group_dead(ctx, task) {
         count(stat::THREAD_EXITS);
         return Ok(());
     }
     // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
     let time_ns = unsafe { bpf_ktime_get_boot_ns() };
-    let pid: u32 = task.read(o.task_tgid);
-    let leader = task.ptr(o.task_group_leader);
-    let start_ns: u64 = leader.read(o.task_start_boottime);
-    let exit_status: u32 = task.read(o.task_exit_code);
+    let pid: u32 = task.field(off!(task_tgid));
+    let leader = task.field_ptr(off!(task_group_leader));
+    let start_ns: u64 = leader.field(off!(task_start_boottime));
+    let exit_status: u32 = task.field(off!(task_exit_code));
     // Before the exit record: the agent attributes the crash when the exit follows.
     if sends_cgroup(exit_status) {
-        send_cgroup(time_ns, start_ns, pid, task, &o);
+        send_cgroup(time_ns, start_ns, pid, task, &offsets());
     }
     let mut entry = EVENTS
         .reserve::<ExitRecord>(0)
@@ -102,11 +105,11 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
         (*r).header = RecordHeader::new(kind::EXIT, core::mem::size_of::<ExitRecord>());
         (*r).time_ns = time_ns;
         (*r).start_ns = start_ns;
-        let (ppid, parent_start_ns) = parent_identity(leader, &o);
+        let (ppid, parent_start_ns) = parent_identity_direct(leader);
         (*r).parent_start_ns = parent_start_ns;
         (*r).ppid = ppid;
         (*r).pid = pid;
-        (*r).tid = task.read(o.task_pid);
+        (*r).tid = task.field(off!(task_pid));
         (*r).exit_status = exit_status;
         (*r).flags = exit_flags::GROUP_DEAD
             | if leader == task {
@@ -118,32 +121,37 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
         // The process's name is its leader's, as `ps` shows it: the exiting thread may be a
         // worker named otherwise (rustc's last thread is its `ctrl-c` handler). A leader that
         // ended first stays readable as a zombie until the group is released.
-        (*r).comm = leader.comm(&o);
-        let signal = task.ptr(o.task_signal);
-        (*r).maxrss_kb = signal.read(o.signal_maxrss);
+        (*r).comm = leader.comm_field();
+        let signal = task.field_ptr(off!(task_signal));
+        (*r).maxrss_kb = signal.field(off!(signal_maxrss));
         // The group's CPU so far: threads already released are in `signal_struct`; this
         // thread and a zombie leader are not. What the exit path spends after this point
         // comes with the release record.
-        (*r).utime_ns = signal.read::<u64>(o.signal_utime) + task.read::<u64>(o.task_utime);
-        (*r).stime_ns = signal.read::<u64>(o.signal_stime) + task.read::<u64>(o.task_stime);
-        (*r).runtime_ns = signal.read::<u64>(o.signal_sum_sched_runtime)
-            + task.read::<u64>(o.task_sum_exec_runtime);
+        let mut utime =
+            signal.field::<u64>(off!(signal_utime)) + task.field::<u64>(off!(task_utime));
+        let mut stime =
+            signal.field::<u64>(off!(signal_stime)) + task.field::<u64>(off!(task_stime));
+        let mut runtime = signal.field::<u64>(off!(signal_sum_sched_runtime))
+            + task.field::<u64>(off!(task_sum_exec_runtime));
         if leader != task {
-            (*r).utime_ns += leader.read::<u64>(o.task_utime);
-            (*r).stime_ns += leader.read::<u64>(o.task_stime);
-            (*r).runtime_ns += leader.read::<u64>(o.task_sum_exec_runtime);
+            utime += leader.field::<u64>(off!(task_utime));
+            stime += leader.field::<u64>(off!(task_stime));
+            runtime += leader.field::<u64>(off!(task_sum_exec_runtime));
         }
-        let mm = task.ptr(o.task_mm);
+        (*r).utime_ns = utime;
+        (*r).stime_ns = stime;
+        (*r).runtime_ns = runtime;
+        let mm = task.field_ptr(off!(task_mm));
         if mm.0.is_null() {
             (*r).hiwater_pages = 0;
             (*r).rss_file_pages = 0;
             (*r).rss_anon_pages = 0;
             (*r).rss_shmem_pages = 0;
         } else {
-            (*r).hiwater_pages = mm.read(o.mm_hiwater_rss);
-            (*r).rss_file_pages = mm_counter(mm, MM_FILEPAGES, &o);
-            (*r).rss_anon_pages = mm_counter(mm, MM_ANONPAGES, &o);
-            (*r).rss_shmem_pages = mm_counter(mm, MM_SHMEMPAGES, &o);
+            (*r).hiwater_pages = mm.field(off!(mm_hiwater_rss));
+            (*r).rss_file_pages = mm_counter_direct(mm, MM_FILEPAGES);
+            (*r).rss_anon_pages = mm_counter_direct(mm, MM_ANONPAGES);
+            (*r).rss_shmem_pages = mm_counter_direct(mm, MM_SHMEMPAGES);
         }
     }
     entry.submit(wakeup_flags());

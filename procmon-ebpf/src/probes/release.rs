@@ -15,9 +15,9 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use procmon_common::{exit_flags, kind, stat, ExitRecord, RecordHeader};
+use procmon_common::{exit_flags, kind, stat, ExitRecord, RecordHeader, COMM_LEN};
 
-use crate::{count, offsets, task::Kptr, wakeup_flags, EVENTS};
+use crate::{count, off, task::Kptr, wakeup_flags, EVENTS};
 
 #[btf_tracepoint(function = "sched_process_free")]
 pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
@@ -32,10 +32,9 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sched_process_free(ctx: &BtfTracePointContext) -> Result<(), u32> {
-    let o = offsets();
     let task = Kptr(ctx.arg(0));
-    let tid: u32 = task.read(o.task_pid);
-    let pid: u32 = task.read(o.task_tgid);
+    let tid: u32 = task.field(off!(task_pid));
+    let pid: u32 = task.field(off!(task_tgid));
     if tid != pid {
         // Not a leader: its process lives on, or its leader's release follows.
         return Ok(());
@@ -44,26 +43,27 @@ fn try_sched_process_free(ctx: &BtfTracePointContext) -> Result<(), u32> {
         .reserve::<ExitRecord>(0)
         .ok_or(stat::RINGBUF_FULL_RELEASE)?;
     let r = entry.as_mut_ptr();
-    let signal = task.ptr(o.task_signal);
+    let signal = task.field_ptr(off!(task_signal));
     // SAFETY: `r` is the reserved record, valid for writes until it is submitted; every
     // field is written below before that. bpf_ktime_get_boot_ns has no preconditions.
     unsafe {
         (*r).header = RecordHeader::new(kind::RELEASE, core::mem::size_of::<ExitRecord>());
         (*r).time_ns = bpf_ktime_get_boot_ns();
-        (*r).start_ns = task.read(o.task_start_boottime);
+        (*r).start_ns = task.field(off!(task_start_boottime));
         // The parent may be gone and freed by now: its fields are not read.
         (*r).parent_start_ns = 0;
         (*r).ppid = 0;
         (*r).pid = pid;
         (*r).tid = tid;
-        (*r).exit_status = task.read(o.task_exit_code);
+        (*r).exit_status = task.field(off!(task_exit_code));
         (*r).flags = exit_flags::GROUP_DEAD | exit_flags::LEADER;
         (*r)._pad = 0;
-        (*r).comm = task.comm(&o);
-        (*r).maxrss_kb = signal.read(o.signal_maxrss);
-        (*r).utime_ns = signal.read(o.signal_utime);
-        (*r).stime_ns = signal.read(o.signal_stime);
-        (*r).runtime_ns = signal.read(o.signal_sum_sched_runtime);
+        // The agent names the process from its tree when it needs to (a recovered exit).
+        (*r).comm = [0; COMM_LEN];
+        (*r).maxrss_kb = signal.field(off!(signal_maxrss));
+        (*r).utime_ns = signal.field(off!(signal_utime));
+        (*r).stime_ns = signal.field(off!(signal_stime));
+        (*r).runtime_ns = signal.field(off!(signal_sum_sched_runtime));
         (*r).hiwater_pages = 0;
         (*r).rss_file_pages = 0;
         (*r).rss_anon_pages = 0;

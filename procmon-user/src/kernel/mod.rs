@@ -160,11 +160,9 @@ pub const SAMPLE_PROGRAM: &str = "sample_tasks";
 
 /// The release probe completes exits with their final CPU (procmon-ebpf/src/probes/release.rs);
 /// it is attached first so no traced exit misses its release.
-pub const PROGRAMS: [&str; 6] = [
+pub const PROGRAMS: [&str; 5] = [
     "sched_process_free",
-    // Before the fork probe: it is the fallback for forks whose run the kernel skipped.
     "sched_wakeup_new",
-    "sched_process_fork",
     "sched_process_exec",
     "sched_process_exit",
     "mark_victim",

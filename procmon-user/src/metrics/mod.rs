@@ -337,7 +337,7 @@ const fn family(
 }
 
 /// Everything [`StateCollector`] produces, in output order.
-const FAMILIES: [Family; 17] = [
+const FAMILIES: [Family; 16] = [
     family("procmon_processes_live", Kind::Gauge, &[], "Live processes known to the process tree."),
     family("procmon_tree_processes", Kind::Gauge, &[], "Entries tracked by the process tree."),
     family("procmon_tree_evictions_total", Kind::Counter, &[], "Tree entries evicted because the tree reached --max-processes."),
@@ -345,7 +345,6 @@ const FAMILIES: [Family; 17] = [
     family("procmon_events_lost_total", Kind::Counter, &["kind", "reason"], "Events lost, by kind and reason (ringbuf_full: the kernel ring buffer was full; truncated, abi_mismatch, unknown_kind, size_mismatch: rejected by the decoder; sink_lagged: the --events writer fell behind; sink_error: writing --events failed; shutdown_unflushed: the --events output did not take them before shutdown)."),
     family("procmon_kernel_read_errors_total", Kind::Counter, &[], "Kernel memory reads that failed in the probes (the field was sent as zero)."),
     family("procmon_kernel_thread_exits_total", Kind::Counter, &[], "Thread (not process) exits seen by the exit probe."),
-    family("procmon_kernel_forks_recovered_total", Kind::Counter, &[], "Process forks whose fork-tracepoint run the kernel skipped (see procmon_kernel_program_misses_total), sent from the child's first wakeup instead."),
     family("procmon_kernel_program_misses_total", Kind::Counter, &["program"], "Runs of a probe the kernel skipped because the same program was already running, preempted, on that CPU: those events were never seen."),
     family("procmon_cpu_samples_total", Kind::Counter, &[], "CPU samples taken by the perf-event sampler (--profile-hz), idle CPUs excluded."),
     family("procmon_cpu_sample_stack_collisions_total", Kind::Counter, &[], "Stacks the kernel's stack map refused because another stack held their slot (-EEXIST): those samples count with the stack unknown."),
@@ -395,7 +394,7 @@ impl Collector for StateCollector {
         let s = self.source.snapshot();
         let k = |i: u32| s.kernel[i as usize];
         let labels = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let rows: [Rows; 17] = [
+        let rows: [Rows; 16] = [
             one(s.live_processes),
             one(s.tracked_processes),
             one(s.tree.evictions),
@@ -446,7 +445,6 @@ impl Collector for StateCollector {
             .collect(),
             one(k(stat::READ_ERROR)),
             one(k(stat::THREAD_EXITS)),
-            one(k(stat::FORK_RECOVERED)),
             s.program_misses
                 .iter()
                 .map(|(program, misses)| (labels(&[program]), *misses as f64))

@@ -18,6 +18,7 @@ fn main() {
     while made < n {
         // SAFETY: the workload is single-threaded; the child only calls `_exit`.
         match unsafe { libc::fork() } {
+            // SAFETY: `_exit` has no preconditions; the child ends without returning here.
             0 => unsafe { libc::_exit(0) },
             -1 => {
                 let e = std::io::Error::last_os_error();

@@ -22,7 +22,7 @@ use crate::{cmd, ensure};
 /// exit classification, a real memcg OOM kill, CPU accounting, the metrics contract, and
 /// perf-event fds kept from commands (before 5.15 a perf event stays an open fd of the
 /// agent; later kernels hold it in a BPF link, so only old kernels can show a leak).
-const SUITE: [(&str, &str); 7] = [
+const SUITE: [(&str, &str); 9] = [
     ("lifecycle", "spawn_tree_events_and_outcome_counters"),
     ("short_lived", "burst_of_short_lived_children_is_fully_seen"),
     (
@@ -34,6 +34,14 @@ const SUITE: [(&str, &str); 7] = [
         "oom_kill_in_a_memory_cgroup_is_reported_like_the_kernel_does",
     ),
     ("attribution", "child_cpu_matches_rusage_of_1000_children"),
+    (
+        "zombies",
+        "an_exit_is_reported_while_its_parent_keeps_it_a_zombie",
+    ),
+    (
+        "pid_reuse",
+        "pids_reused_within_a_tick_stay_distinct_processes",
+    ),
     ("promtool", "metrics_pass_promtool_check"),
     (
         "profile",
