@@ -163,8 +163,9 @@ fn child_cpu_matches_rusage_of_1000_children() {
     // Child by child against the kernel: wait4's rusage of each child (its grandchildren
     // included, as they were reaped by it). NB: wait4 snapshots the child's runtime when the
     // parent reaps it, which can come before the child's last context switch; the agent reads
-    // at that switch, so it may be *above* wait4 by the CPU the exit path used after the reap
-    // (106 µs seen once in ~5,000 children on a loaded machine). Below wait4, the bound is
+    // at the release (sched_process_free), after that switch, so it may be *above* wait4 by
+    // the CPU the exit path used after the reap (106 µs seen once in ~5,000 children on a
+    // loaded machine). Below wait4, the bound is
     // 1% + 50 µs; above it, 1% + post_reap_slack(), still far below the whole child counted
     // twice (≥ 2 ms), which is what this check caught once.
     let per_child = report["per_child"]

@@ -82,7 +82,8 @@ pub async fn execute(
         }
     };
     let duration = started.elapsed();
-    // Its exit record is sent at its final context switch and read within a drain interval.
+    // Reaped above: its release, with the final CPU, follows within an RCU grace period and
+    // is read within a drain interval.
     for _ in 0..300 {
         if run_log.as_ref().is_some_and(|l| l.lock().root_exited()) {
             break;
