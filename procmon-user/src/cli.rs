@@ -1,7 +1,7 @@
 //! Command line and config file. Flags override the config file, which overrides defaults;
 //! every value is validated before anything starts (bad input exits 2).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -10,6 +10,7 @@ use crate::{
     agent::PipelineConfig,
     attribution::{AttributionConfig, Selector},
     events::EventKind,
+    http::Security,
     profile::{pegged::PeggedConfig, ProfileConfig},
 };
 
@@ -132,6 +133,11 @@ pub struct CommonArgs {
     /// Read settings from a TOML file; flags given here override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Serve HTTP over TLS and/or behind basic auth, as a Prometheus exporter's web config
+    /// file (YAML: tls_server_config, basic_auth_users, http_server_config); SIGHUP
+    /// re-reads it.
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
     /// Watch processes: their direct children get their own series, with everything their
     /// subtrees use rolled in. pid:N, comm:NAME, exe:PATH or cgroup:PATH; repeatable.
     #[arg(long = "watch", value_name = "SELECTOR")]
@@ -187,6 +193,7 @@ pub struct CommonArgs {
 pub struct ConfigFile {
     pub listen: Option<String>,
     pub events: Option<PathBuf>,
+    pub web_config: Option<PathBuf>,
     pub event_kinds: Option<Vec<String>>,
     pub history: Option<u64>,
     pub max_sse_clients: Option<u64>,
@@ -208,6 +215,8 @@ pub struct ConfigFile {
 pub struct Settings {
     pub listen: Option<SocketAddr>,
     pub events: Option<PathBuf>,
+    /// TLS and basic auth for the HTTP endpoints (plain and open without --web-config).
+    pub web: Arc<Security>,
     pub pipeline: PipelineConfig,
 }
 
@@ -351,9 +360,15 @@ impl CommonArgs {
             .pegged_for
             .or(from_file("pegged_for", &file.pegged_for, parse_pegged_for)?)
             .unwrap_or(defaults.pegged.hold);
+        let web = match self.web_config.or(file.web_config) {
+            Some(path) => Security::load(path.clone())
+                .map_err(|source| SettingsError::WebConfig { path, source })?,
+            None => Security::plain(),
+        };
         Ok(Settings {
             listen,
             events: events.or(file.events),
+            web: Arc::new(web),
             pipeline: PipelineConfig {
                 max_processes: max_processes as usize,
                 reconcile_interval,
@@ -412,6 +427,11 @@ pub enum SettingsError {
     ConfigSyntax { path: PathBuf, message: String },
     #[error("config `{key}`: {message}")]
     Key { key: &'static str, message: String },
+    #[error("web config {}: {source}", path.display())]
+    WebConfig {
+        path: PathBuf,
+        source: crate::http::web_config::WebConfigError,
+    },
 }
 
 impl SettingsError {
