@@ -581,6 +581,7 @@ mod tests {
             "max_processes",
             "reconcile_interval",
             "ringbuf_bytes",
+            "web_config",
         ] {
             assert!(keys.contains(&key), "{example} does not document `{key}`");
         }
@@ -591,6 +592,10 @@ mod tests {
             Some(crate::DEFAULT_LISTEN.parse().unwrap())
         );
         assert_eq!(from_example.events, defaults.events);
+        assert_eq!(
+            (from_example.web.scheme(), defaults.web.scheme()),
+            ("http", "http")
+        );
         let (a, b) = (&from_example.pipeline, &defaults.pipeline);
         assert_eq!(
             (
@@ -695,6 +700,38 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("cannot read config file"), "{err}");
+    }
+
+    /// --web-config and the file's `web_config` go through the same loading; the flag wins,
+    /// and a bad web config is a settings error naming the file and the key.
+    #[test]
+    fn web_config_from_flag_or_file() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let (_good, good) = config(&format!("basic_auth_users:\n  alice: '{hash}'\n"));
+        let (_bad, bad) = config("basic_auth_users:\n  alice: plain\n");
+        let (_file, file) = config(&format!("web_config = {good:?}\n"));
+        let s = common(&["--config", &file]).resolve(None, None).unwrap();
+        assert!(s.web.current().auth.is_some());
+        let err = common(&["--config", &file, "--web-config", &bad])
+            .resolve(None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "web config {bad}: `basic_auth_users.alice`: not a bcrypt hash"
+            )),
+            "{err}"
+        );
+        let err = common(&["--web-config", "/nonexistent.yml"])
+            .resolve(None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("web config /nonexistent.yml: cannot read it"),
+            "{err}"
+        );
     }
 
     #[test]

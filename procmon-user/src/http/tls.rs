@@ -156,3 +156,81 @@ fn pem_error(path: &Path, what: &str, e: rustls_pki_types::pem::Error) -> String
         e => format!("{}: not a PEM {what}: {e:?}", path.display()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(suites: Option<&[&str]>, curves: Option<&[&str]>) -> TlsSettings {
+        let names = |l: Option<&[&str]>| l.map(|l| l.iter().map(|s| s.to_string()).collect());
+        TlsSettings {
+            cert_file: "c".into(),
+            key_file: "k".into(),
+            client_auth: ClientAuth::NoClientCert,
+            client_ca_file: None,
+            min_version: TlsVersion::Tls12,
+            max_version: TlsVersion::Tls13,
+            cipher_suites: names(suites),
+            prefer_server_cipher_suites: false,
+            curve_preferences: names(curves),
+        }
+    }
+
+    #[test]
+    fn suites_and_curves_by_exporter_toolkit_names() {
+        let p = crypto_provider(&settings(
+            Some(&[
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                // Go's name for it, without `_SHA256`.
+                "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+            ]),
+            Some(&["CurveP256", "X25519"]),
+        ))
+        .unwrap();
+        assert_eq!(
+            tls12_suite_names(&p),
+            [
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"
+            ]
+        );
+        // TLS 1.3 suites are kept whatever the list says.
+        assert!(p
+            .cipher_suites
+            .iter()
+            .any(|s| s.version() == &rustls::version::TLS13));
+        assert_eq!(
+            p.kx_groups.iter().map(|g| g.name()).collect::<Vec<_>>(),
+            [rustls::NamedGroup::secp256r1, rustls::NamedGroup::X25519]
+        );
+        // The defaults stay the provider's.
+        let all = crypto_provider(&settings(None, None)).unwrap();
+        assert_eq!(
+            all.cipher_suites.len(),
+            provider::default_provider().cipher_suites.len()
+        );
+        for (suites, curves, needle) in [
+            (
+                Some(&["TLS_RSA_WITH_RC4_128_SHA"][..]),
+                None,
+                "`tls_server_config.cipher_suites`: `TLS_RSA_WITH_RC4_128_SHA`",
+            ),
+            (
+                Some(&["TLS13_AES_128_GCM_SHA256"][..]),
+                None,
+                "TLS 1.3 suites are not configurable",
+            ),
+            (
+                None,
+                Some(&["CurveP521"][..]),
+                "`tls_server_config.curve_preferences`: `CurveP521`",
+            ),
+        ] {
+            let err = crypto_provider(&settings(suites, curves))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+}
