@@ -72,6 +72,7 @@ pub struct Pipeline {
     sink: Option<JoinHandle<Result<(), sink::SinkClosed>>>,
     sink_health: Arc<sink::SinkHealth>,
     reopen: watch::Sender<u64>,
+    security: Arc<crate::http::Security>,
     http: Option<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -79,6 +80,7 @@ impl Pipeline {
     pub async fn start(
         cfg: PipelineConfig,
         listener: Option<TcpListener>,
+        security: Arc<crate::http::Security>,
         events_out: Option<(sink::Target, sink::Output)>,
     ) -> anyhow::Result<Self> {
         let kernel::Probes {
@@ -194,6 +196,7 @@ impl Pipeline {
                 metrics.clone(),
                 sse,
                 sink_health.clone(),
+                security.clone(),
                 async move {
                     let _ = http_stop.changed().await;
                 },
@@ -210,13 +213,16 @@ impl Pipeline {
             sink,
             sink_health,
             reopen,
+            security,
             http,
         })
     }
 
-    /// SIGHUP: the events file is reopened (log rotation).
-    pub fn reopen_events(&self) {
+    /// SIGHUP: the events file is reopened (log rotation) and the web config re-read
+    /// (rotated certificates).
+    pub fn reload(&self) {
         self.reopen.send_modify(|n| *n += 1);
+        self.security.reload();
     }
 
     /// Resolves if the events writer stops for good before shutdown (stdout was closed):

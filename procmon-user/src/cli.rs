@@ -1,7 +1,7 @@
 //! Command line and config file. Flags override the config file, which overrides defaults;
 //! every value is validated before anything starts (bad input exits 2).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -10,6 +10,7 @@ use crate::{
     agent::PipelineConfig,
     attribution::{AttributionConfig, Selector},
     events::EventKind,
+    http::Security,
     profile::{pegged::PeggedConfig, ProfileConfig},
 };
 
@@ -132,6 +133,11 @@ pub struct CommonArgs {
     /// Read settings from a TOML file; flags given here override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Serve HTTP over TLS and/or behind basic auth, as a Prometheus exporter's web config
+    /// file (YAML: tls_server_config, basic_auth_users, http_server_config); SIGHUP
+    /// re-reads it.
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
     /// Watch processes: their direct children get their own series, with everything their
     /// subtrees use rolled in. pid:N, comm:NAME, exe:PATH or cgroup:PATH; repeatable.
     #[arg(long = "watch", value_name = "SELECTOR")]
@@ -187,6 +193,7 @@ pub struct CommonArgs {
 pub struct ConfigFile {
     pub listen: Option<String>,
     pub events: Option<PathBuf>,
+    pub web_config: Option<PathBuf>,
     pub event_kinds: Option<Vec<String>>,
     pub history: Option<u64>,
     pub max_sse_clients: Option<u64>,
@@ -208,6 +215,8 @@ pub struct ConfigFile {
 pub struct Settings {
     pub listen: Option<SocketAddr>,
     pub events: Option<PathBuf>,
+    /// TLS and basic auth for the HTTP endpoints (plain and open without --web-config).
+    pub web: Arc<Security>,
     pub pipeline: PipelineConfig,
 }
 
@@ -351,9 +360,15 @@ impl CommonArgs {
             .pegged_for
             .or(from_file("pegged_for", &file.pegged_for, parse_pegged_for)?)
             .unwrap_or(defaults.pegged.hold);
+        let web = match self.web_config.or(file.web_config) {
+            Some(path) => Security::load(path.clone())
+                .map_err(|source| SettingsError::WebConfig { path, source })?,
+            None => Security::plain(),
+        };
         Ok(Settings {
             listen,
             events: events.or(file.events),
+            web: Arc::new(web),
             pipeline: PipelineConfig {
                 max_processes: max_processes as usize,
                 reconcile_interval,
@@ -412,6 +427,11 @@ pub enum SettingsError {
     ConfigSyntax { path: PathBuf, message: String },
     #[error("config `{key}`: {message}")]
     Key { key: &'static str, message: String },
+    #[error("web config {}: {source}", path.display())]
+    WebConfig {
+        path: PathBuf,
+        source: crate::http::web_config::WebConfigError,
+    },
 }
 
 impl SettingsError {
@@ -561,6 +581,7 @@ mod tests {
             "max_processes",
             "reconcile_interval",
             "ringbuf_bytes",
+            "web_config",
         ] {
             assert!(keys.contains(&key), "{example} does not document `{key}`");
         }
@@ -571,6 +592,10 @@ mod tests {
             Some(crate::DEFAULT_LISTEN.parse().unwrap())
         );
         assert_eq!(from_example.events, defaults.events);
+        assert_eq!(
+            (from_example.web.scheme(), defaults.web.scheme()),
+            ("http", "http")
+        );
         let (a, b) = (&from_example.pipeline, &defaults.pipeline);
         assert_eq!(
             (
@@ -675,6 +700,38 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("cannot read config file"), "{err}");
+    }
+
+    /// --web-config and the file's `web_config` go through the same loading; the flag wins,
+    /// and a bad web config is a settings error naming the file and the key.
+    #[test]
+    fn web_config_from_flag_or_file() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let (_good, good) = config(&format!("basic_auth_users:\n  alice: '{hash}'\n"));
+        let (_bad, bad) = config("basic_auth_users:\n  alice: plain\n");
+        let (_file, file) = config(&format!("web_config = {good:?}\n"));
+        let s = common(&["--config", &file]).resolve(None, None).unwrap();
+        assert!(s.web.current().auth.is_some());
+        let err = common(&["--config", &file, "--web-config", &bad])
+            .resolve(None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "web config {bad}: `basic_auth_users.alice`: not a bcrypt hash"
+            )),
+            "{err}"
+        );
+        let err = common(&["--web-config", "/nonexistent.yml"])
+            .resolve(None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("web config /nonexistent.yml: cannot read it"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -110,15 +110,17 @@ async fn agent_main(settings: Settings) -> anyhow::Result<u8> {
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     // SIGHUP's default action would kill the agent without a word; it reopens the events
-    // file instead (log rotation).
+    // file (log rotation) and re-reads the web config (certificate rotation) instead.
     let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
-    let mut pipeline = Pipeline::start(settings.pipeline, Some(listener), events_out).await?;
-    log::info!("ready, listening on http://{addr}");
+    let scheme = settings.web.scheme();
+    let mut pipeline =
+        Pipeline::start(settings.pipeline, Some(listener), settings.web, events_out).await?;
+    log::info!("ready, listening on {scheme}://{addr}");
     let failure = loop {
         tokio::select! {
             _ = term.recv() => break None,
             _ = int.recv() => break None,
-            _ = hup.recv() => pipeline.reopen_events(),
+            _ = hup.recv() => pipeline.reload(),
             e = pipeline.sink_closed() => break Some(e),
         }
     };

@@ -44,9 +44,10 @@ impl Need {
             ),
             Need::Agent | Need::Lint => (&[], ""),
             Need::Tests => (
-                &["prometheus", "make", "nodejs"],
-                "the end-to-end tests check /metrics with promtool, trace a make -j2 build and \
-                 profile a JIT runtime (node --perf-basic-prof)",
+                &["prometheus", "make", "nodejs", "curl", "openssl"],
+                "the end-to-end tests check /metrics with promtool, trace a make -j2 build, \
+                 profile a JIT runtime (node --perf-basic-prof) and scrape over TLS with curl \
+                 and certificates openssl makes",
             ),
             Need::Bench => (
                 &["stress-ng", "bpftool", "prometheus-process-exporter"],

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub releases_forgotten: IntCounter,
     pub cpu_pegged: IntCounterVec,
     pub http_refused: IntCounter,
+    pub http_auth_failures: IntCounterVec,
+    pub http_tls_handshake_failures: IntCounter,
     kernel_features: IntGaugeVec,
 }
 
@@ -219,6 +221,23 @@ impl Metrics {
             "HTTP connections closed at once because the connection cap was reached (idle and slow connections are closed after 10 s).",
         )
         .unwrap();
+        let http_auth_failures = IntCounterVec::new(
+            Opts::new(
+                "procmon_http_auth_failures_total",
+                "HTTP requests refused with 401 by basic auth (--web-config basic_auth_users): no_credentials (none, or not Basic user:password) or wrong_credentials (unknown user or wrong password).",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        // Both series from the start, so that rate() sees the first failure.
+        for reason in ["no_credentials", "wrong_credentials"] {
+            http_auth_failures.with_label_values(&[reason]);
+        }
+        let http_tls_handshake_failures = IntCounter::new(
+            "procmon_http_tls_handshake_failures_total",
+            "TLS connections closed before a request because the handshake failed (plain HTTP to the TLS port, no or an untrusted client certificate, no common version or suite) or did not finish within 10 s.",
+        )
+        .unwrap();
         let kernel_features = IntGaugeVec::new(
             Opts::new(
                 "procmon_kernel_feature",
@@ -254,6 +273,8 @@ impl Metrics {
             Box::new(releases_forgotten.clone()),
             Box::new(cpu_pegged.clone()),
             Box::new(http_refused.clone()),
+            Box::new(http_auth_failures.clone()),
+            Box::new(http_tls_handshake_failures.clone()),
             Box::new(StateCollector::new(source)),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -278,6 +299,8 @@ impl Metrics {
             releases_forgotten,
             cpu_pegged,
             http_refused,
+            http_auth_failures,
+            http_tls_handshake_failures,
             kernel_features,
         }
     }

@@ -169,7 +169,8 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<u8> {
         drain: DRAIN,
         ..ProfileConfig::default()
     };
-    let pipeline = crate::agent::Pipeline::start(settings.pipeline, None, None).await?;
+    let pipeline =
+        crate::agent::Pipeline::start(settings.pipeline, None, settings.web, None).await?;
     let collector = Collector(Arc::new(Mutex::new(Collected {
         target: pid,
         children: args.children,

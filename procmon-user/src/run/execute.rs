@@ -34,7 +34,8 @@ pub async fn execute(
         Some(addr) => Some(crate::agent::bind(addr).await?),
         None => None,
     };
-    let pipeline = crate::agent::Pipeline::start(settings.pipeline, listener, None).await?;
+    let pipeline =
+        crate::agent::Pipeline::start(settings.pipeline, listener, settings.web, None).await?;
 
     // The command is spawned with the state locked: the reader cannot apply its fork (or
     // anything it forks) before it is watched, and the command never waits on procmon.
