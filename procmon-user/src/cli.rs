@@ -157,6 +157,10 @@ pub struct CommonArgs {
     /// Most child series across all watched processes; the rest share pid="_other" [default: 1000]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::MAX_CHILD_SERIES))]
     pub max_child_series: Option<u64>,
+    /// Most exited watched processes and children that keep their series for
+    /// --retain-exited; past it the oldest go first [default: 1000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::MAX_CHILD_SERIES))]
+    pub max_exited_series: Option<u64>,
     /// Most workload series; the rest share workload="_other" [default: 500]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::MAX_WORKLOADS))]
     pub max_workloads: Option<u64>,
@@ -195,6 +199,7 @@ pub struct ConfigFile {
     pub sample_interval: Option<String>,
     pub retain_exited: Option<String>,
     pub max_child_series: Option<u64>,
+    pub max_exited_series: Option<u64>,
     pub max_workloads: Option<u64>,
     pub max_processes: Option<u64>,
     pub reconcile_interval: Option<String>,
@@ -332,6 +337,14 @@ impl CommonArgs {
                 ranges::MAX_CHILD_SERIES,
             )?)
             .unwrap_or(1000);
+        let max_exited_series = self
+            .max_exited_series
+            .or(in_range(
+                "max_exited_series",
+                file.max_exited_series,
+                ranges::MAX_CHILD_SERIES,
+            )?)
+            .unwrap_or(1000);
         let max_workloads = self
             .max_workloads
             .or(in_range(
@@ -366,6 +379,7 @@ impl CommonArgs {
                     selectors: watch,
                     retain_exited_ns: retain_exited.as_nanos() as u64,
                     max_child_series: max_child_series as usize,
+                    max_exited_series: max_exited_series as usize,
                     max_workloads: max_workloads as usize,
                 },
                 profile: ProfileConfig {
@@ -557,6 +571,7 @@ mod tests {
             "sample_interval",
             "retain_exited",
             "max_child_series",
+            "max_exited_series",
             "max_workloads",
             "max_processes",
             "reconcile_interval",
@@ -597,12 +612,14 @@ mod tests {
                 a.selectors.len(),
                 a.retain_exited_ns,
                 a.max_child_series,
+                a.max_exited_series,
                 a.max_workloads
             ),
             (
                 b.selectors.len(),
                 b.retain_exited_ns,
                 b.max_child_series,
+                b.max_exited_series,
                 b.max_workloads
             )
         );
