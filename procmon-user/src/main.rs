@@ -5,6 +5,7 @@
 //! command's own status.
 
 mod agent;
+mod allocator;
 mod attribution;
 mod cli;
 mod clock;
@@ -80,6 +81,7 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<u8>>) -> anyhow::Result<u8> {
+    allocator::tune();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -112,6 +114,7 @@ async fn agent_main(settings: Settings) -> anyhow::Result<u8> {
     // file instead (log rotation).
     let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
     let mut pipeline = Pipeline::start(settings.pipeline, Some(listener), events_out).await?;
+    allocator::release_free();
     log::info!("ready, listening on http://{addr}");
     let failure = loop {
         tokio::select! {
