@@ -170,7 +170,7 @@ pub struct CommonArgs {
     /// How often the tree is reconciled against /proc, e.g. 30s, 5m [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_reconcile_interval)]
     pub reconcile_interval: Option<Duration>,
-    /// Kernel ring-buffer size in bytes: a power of two, 64 KiB to 1 GiB [default: 8388608]
+    /// Kernel ring-buffer size in bytes: a power of two, 64 KiB to 1 GiB [default: 4194304]
     #[arg(long, value_name = "BYTES", value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: Option<u32>,
     /// CPU samples per second per CPU for recent stacks (cpu_pegged, crash and oom_kill
@@ -278,7 +278,9 @@ impl CommonArgs {
             (Some(n), _) => n,
             (None, Some(n)) => parse_ringbuf_bytes(&n.to_string())
                 .map_err(|e| SettingsError::key("ringbuf_bytes", e))?,
-            (None, None) => 8 << 20,
+            // 4 MiB holds ~19,000 fork+exit pairs; the agent drains every 50 ms. Each MiB is
+            // two MiB of the agent's RSS: the kernel maps the data pages twice.
+            (None, None) => 4 << 20,
         };
         let sample_interval = self
             .sample_interval

@@ -405,7 +405,7 @@ unsafe fn forker_main([go, stop, report]: [RawFd; 3]) -> ! {
     // open fd.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        libc::prctl(libc::PR_SET_NAME, b"bench-forker\0".as_ptr());
+        libc::prctl(libc::PR_SET_NAME, c"bench-forker".as_ptr());
         libc::read(go, (&raw mut byte).cast(), 1);
         libc::fcntl(stop, libc::F_SETFL, libc::O_NONBLOCK);
     }
