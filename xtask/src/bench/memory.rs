@@ -256,7 +256,11 @@ fn fast_fork(bin: &Path, log_dir: &Path) -> Result<Vec<Row>> {
         last = (cpu, now);
     }
     let forked = forker.stop()?;
-    let units = prom::parse(&agent.metrics()?.body)?.sum("procmon_attribution_units", &[]);
+    // Agents before the bound (issue 11, item 4) do not export it.
+    let units = prom::parse(&agent.metrics()?.body)?
+        .series("procmon_attribution_units")
+        .next()
+        .map_or_else(|| "n/a".to_string(), |s| format!("{}", s.value));
     let lost = agent.lost_events()?;
     let end = Breakdown::of(agent.pid(), bin)?;
     agent.stop()?;

@@ -435,7 +435,10 @@ fn releases_elf_data_when_idle_and_keeps_answering() {
     }
     // A new address of the same binary is parsed again, from a fresh Symbolizer.
     let frame = symbolize_one(&h, std::process::id(), f + 1);
-    assert!(frame.ends_with("procmon_probe_target"), "after a release: {frame:?}");
+    assert!(
+        frame.ends_with("procmon_probe_target"),
+        "after a release: {frame:?}"
+    );
 }
 
 #[tokio::test]
