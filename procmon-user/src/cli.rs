@@ -163,6 +163,10 @@ pub struct CommonArgs {
     /// Most child series across all watched processes; the rest share pid="_other" [default: 1000]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::MAX_CHILD_SERIES))]
     pub max_child_series: Option<u64>,
+    /// Most exited watched processes and children that keep their series for
+    /// --retain-exited; past it the oldest go first [default: 1000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::MAX_CHILD_SERIES))]
+    pub max_exited_series: Option<u64>,
     /// Most workload series; the rest share workload="_other" [default: 500]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(ranges::MAX_WORKLOADS))]
     pub max_workloads: Option<u64>,
@@ -172,7 +176,7 @@ pub struct CommonArgs {
     /// How often the tree is reconciled against /proc, e.g. 30s, 5m [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_reconcile_interval)]
     pub reconcile_interval: Option<Duration>,
-    /// Kernel ring-buffer size in bytes: a power of two, 64 KiB to 1 GiB [default: 8388608]
+    /// Kernel ring-buffer size in bytes: a power of two, 64 KiB to 1 GiB [default: 4194304]
     #[arg(long, value_name = "BYTES", value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: Option<u32>,
     /// CPU samples per second per CPU for recent stacks (cpu_pegged, crash and oom_kill
@@ -202,6 +206,7 @@ pub struct ConfigFile {
     pub sample_interval: Option<String>,
     pub retain_exited: Option<String>,
     pub max_child_series: Option<u64>,
+    pub max_exited_series: Option<u64>,
     pub max_workloads: Option<u64>,
     pub max_processes: Option<u64>,
     pub reconcile_interval: Option<String>,
@@ -282,7 +287,9 @@ impl CommonArgs {
             (Some(n), _) => n,
             (None, Some(n)) => parse_ringbuf_bytes(&n.to_string())
                 .map_err(|e| SettingsError::key("ringbuf_bytes", e))?,
-            (None, None) => 8 << 20,
+            // 4 MiB holds ~19,000 fork+exit pairs; the agent drains every 50 ms. Each MiB is
+            // two MiB of the agent's RSS: the kernel maps the data pages twice.
+            (None, None) => 4 << 20,
         };
         let sample_interval = self
             .sample_interval
@@ -341,6 +348,14 @@ impl CommonArgs {
                 ranges::MAX_CHILD_SERIES,
             )?)
             .unwrap_or(1000);
+        let max_exited_series = self
+            .max_exited_series
+            .or(in_range(
+                "max_exited_series",
+                file.max_exited_series,
+                ranges::MAX_CHILD_SERIES,
+            )?)
+            .unwrap_or(1000);
         let max_workloads = self
             .max_workloads
             .or(in_range(
@@ -381,6 +396,7 @@ impl CommonArgs {
                     selectors: watch,
                     retain_exited_ns: retain_exited.as_nanos() as u64,
                     max_child_series: max_child_series as usize,
+                    max_exited_series: max_exited_series as usize,
                     max_workloads: max_workloads as usize,
                 },
                 profile: ProfileConfig {
@@ -577,6 +593,7 @@ mod tests {
             "sample_interval",
             "retain_exited",
             "max_child_series",
+            "max_exited_series",
             "max_workloads",
             "max_processes",
             "reconcile_interval",
@@ -622,12 +639,14 @@ mod tests {
                 a.selectors.len(),
                 a.retain_exited_ns,
                 a.max_child_series,
+                a.max_exited_series,
                 a.max_workloads
             ),
             (
                 b.selectors.len(),
                 b.retain_exited_ns,
                 b.max_child_series,
+                b.max_exited_series,
                 b.max_workloads
             )
         );

@@ -483,6 +483,7 @@ pub(crate) mod tests {
             selectors: vec![],
             retain_exited_ns: 0,
             max_child_series: 10,
+            max_exited_series: 10,
             max_workloads: 10,
         })
     }

@@ -5,6 +5,7 @@
 //! command's own status.
 
 mod agent;
+mod allocator;
 mod attribution;
 mod cli;
 mod clock;
@@ -81,6 +82,7 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<u8>>) -> anyhow::Result<u8> {
+    allocator::tune();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -115,6 +117,7 @@ async fn agent_main(settings: Settings) -> anyhow::Result<u8> {
     let scheme = settings.web.scheme();
     let mut pipeline =
         Pipeline::start(settings.pipeline, Some(listener), settings.web, events_out).await?;
+    allocator::release_free();
     log::info!("ready, listening on {scheme}://{addr}");
     let failure = loop {
         tokio::select! {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [fork|sample|all]`: what the agent costs.
+//! `cargo xtask bench [fork|sample|profile|memory|all]`: what the agent costs.
 //!
 //! `fork`: what the agent costs the workloads it watches. Two kinds of figures. End to end: each
 //! round runs every workload once without and once with the agent, back to back, alternating
@@ -12,11 +12,15 @@
 //!
 //! `profile`: what always-on CPU sampling costs the agent and the load (profile.rs).
 //!
+//! `memory`: the agent's RSS idle, with 10,000 processes and with 10,000 child series, split
+//! by mapping, and over a 60 s fast-forking watched parent (memory.rs).
+//!
 //! Missed targets are reported, not failed: this measures.
 mod agent;
 mod bpf;
 mod exporter;
 mod idle;
+mod memory;
 mod procpoll;
 mod profile;
 mod prom;
@@ -44,6 +48,9 @@ enum Which {
     /// Always-on CPU sampling (--profile-hz off, 19, 99) under a CPU-bound load and an exec
     /// storm.
     Profile,
+    /// Agent RSS idle, with 10,000 processes, with 10,000 child series, and RSS and CPU over
+    /// a 60 s fast-forking watched parent.
+    Memory,
     All,
 }
 
@@ -128,6 +135,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         notes.push(format!(
             "CPU sampling: {rounds} rounds per rate, rates in rotating order"
         ));
+    }
+    if matches!(options.which, Which::Memory | Which::All) {
+        summary.extend(memory::run(&agent_bin, &log_dir, options.processes)?);
     }
     println!("\nsummary");
     report::print_summary(&summary);

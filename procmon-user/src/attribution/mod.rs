@@ -4,11 +4,19 @@
 //! Every process carries its [`Accounting`]: the units it counts toward, inherited at fork,
 //! so an event costs O(units of that process) and nothing walks the tree. Exited processes
 //! add their exact final CPU to their units; live ones are summed from the latest sample.
+//!
+//! What is kept is bounded by the series caps, not by how fast watched processes fork:
+//! children past `--max-child-series` share one `_other` unit per root and keep nothing of
+//! their own, and exited units are kept for `--retain-exited` but at most
+//! `--max-exited-series` of them (oldest dropped first, counted).
 
 mod selector;
 mod snapshot;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+};
 
 pub use selector::Selector;
 
@@ -37,6 +45,9 @@ pub struct Accounting {
     pub cgroup: Option<Arc<str>>,
     /// The cgroup was read for this process (not inherited at fork, not stale after exec).
     pub cgroup_known: bool,
+    /// A direct child of a watched root that went to its root's `_other` unit: its exit
+    /// ends one of the children that unit counts as running.
+    pub overflow_head: bool,
     pub live: LiveSample,
 }
 
@@ -52,6 +63,7 @@ impl Extension for Accounting {
             workload: self.workload,
             cgroup: self.cgroup.clone(),
             cgroup_known: false,
+            overflow_head: false,
             live: LiveSample::default(),
         }
     }
@@ -63,6 +75,9 @@ pub enum UnitKind {
     Root { watch: usize },
     /// A direct child of a watched root and its subtree.
     Child { root: UnitId },
+    /// Every child of a watched root past the series cap, and their subtrees: one per root,
+    /// kept as long as the root is, so its counters never go back.
+    Overflow { root: UnitId },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -78,8 +93,8 @@ pub struct Unit {
     pub live_rss_bytes: u64,
     pub cpu_ratio: f64,
     pub peak_rss_bytes: u64,
-    /// Child units past the series cap are reported in an overflow series.
-    pub labelled: bool,
+    /// Overflow units: their children still running (they are alive while any is).
+    pub live_heads: u64,
 }
 
 impl Unit {
@@ -109,6 +124,8 @@ pub struct AttributionConfig {
     pub selectors: Vec<Selector>,
     pub retain_exited_ns: u64,
     pub max_child_series: usize,
+    /// Exited roots and children whose series are kept for `retain_exited_ns`.
+    pub max_exited_series: usize,
     pub max_workloads: usize,
 }
 
@@ -116,9 +133,23 @@ pub struct Attribution {
     cfg: AttributionConfig,
     units: BTreeMap<UnitId, Unit>,
     next_unit: UnitId,
+    /// Places under --max-child-series in use: by live and exited child units, and by the
+    /// evicted ones in `held_places` until their retention would have ended.
     labelled_children: usize,
+    /// Exited roots and children, in the order they exited (entries of units gone since
+    /// are skipped when met).
+    exited: VecDeque<(u64, UnitId)>,
+    exited_kept: usize,
+    /// Each root's `_other` unit, once it has one.
+    overflow_of: BTreeMap<UnitId, UnitId>,
+    /// When the places of children evicted early return to the pool (their retention end):
+    /// a place freed at once would go to the next child, so a fast-forking parent would
+    /// create a new series per fork instead of per `retain_exited`.
+    held_places: VecDeque<u64>,
     /// Child units that went to the overflow series because of the cap.
     pub child_overflowed: u64,
+    /// Exited units dropped before their retention ended, past `max_exited_series`.
+    pub exited_evicted: u64,
     workloads: Workloads,
     identities: Identities,
     workload_stats: Vec<WorkloadStats>,
@@ -134,7 +165,12 @@ impl Attribution {
             units: BTreeMap::new(),
             next_unit: 1,
             labelled_children: 0,
+            exited: VecDeque::new(),
+            exited_kept: 0,
+            overflow_of: BTreeMap::new(),
+            held_places: VecDeque::new(),
             child_overflowed: 0,
+            exited_evicted: 0,
             workloads,
             identities: Identities::default(),
             workload_stats: vec![WorkloadStats::default()],
@@ -150,6 +186,11 @@ impl Attribution {
     #[cfg(test)]
     pub fn unit(&self, id: UnitId) -> Option<&Unit> {
         self.units.get(&id)
+    }
+
+    /// Units kept in memory: roots, labelled children, one overflow unit per root with one.
+    pub fn units_kept(&self) -> usize {
+        self.units.len()
     }
 
     /// The exported workload label of a process's workload id.
@@ -227,7 +268,7 @@ impl Attribution {
             let root = self.new_unit(tree, pid, UnitKind::Root { watch });
             let children: Vec<u32> = tree.children_of(pid).collect();
             for child in children {
-                let unit = self.new_unit(tree, child, UnitKind::Child { root });
+                let unit = self.child_unit(tree, root, child);
                 let mut stack = vec![child];
                 while let Some(pid) = stack.pop() {
                     stack.extend(tree.children_of(pid));
@@ -252,7 +293,7 @@ impl Attribution {
         }
         self.stats(workload).starts += 1;
         if let Some(root) = self.root_of(tree, ppid) {
-            let unit = self.new_unit(tree, pid, UnitKind::Child { root });
+            let unit = self.child_unit(tree, root, pid);
             if let Some(p) = tree.get_mut(pid) {
                 p.ext.units.push(unit);
             }
@@ -300,10 +341,23 @@ impl Attribution {
             unit.live_rss_bytes = unit.live_rss_bytes.saturating_sub(live.rss_bytes);
             unit.cpu_ratio = (unit.cpu_ratio - live.cpu_ratio).max(0.0);
             unit.peak_rss_bytes = unit.peak_rss_bytes.max(peak_rss_bytes);
-            if unit.pid == p.pid && unit.start_ns == p.start_ns {
-                unit.exited_at_ns = Some(now_ns);
+            match unit.kind {
+                UnitKind::Overflow { .. } if p.ext.overflow_head => {
+                    unit.live_heads = unit.live_heads.saturating_sub(1);
+                    if unit.live_heads == 0 {
+                        unit.exited_at_ns = Some(now_ns);
+                    }
+                }
+                UnitKind::Overflow { .. } => {}
+                _ if unit.pid == p.pid && unit.start_ns == p.start_ns => {
+                    unit.exited_at_ns = Some(now_ns);
+                    self.exited.push_back((now_ns, *id));
+                    self.exited_kept += 1;
+                }
+                _ => {}
             }
         }
+        self.evict_past_cap(now_ns);
         let stats = self.stats(p.ext.workload);
         stats.exited_cpu_ns += cpu_ns;
         stats.live_cpu_ns = stats.live_cpu_ns.saturating_sub(live.cpu_ns);
@@ -478,21 +532,47 @@ impl Attribution {
         }
     }
 
+    /// The unit a new direct child of `root` counts toward: its own while there is a place
+    /// under the cap, else the root's `_other` unit (made on first use), which it joins with
+    /// nothing of its own.
+    fn child_unit(&mut self, tree: &mut ProcessTree, root: UnitId, pid: u32) -> UnitId {
+        if self.labelled_children < self.cfg.max_child_series {
+            self.labelled_children += 1;
+            return self.new_unit(tree, pid, UnitKind::Child { root });
+        }
+        self.child_overflowed += 1;
+        let existing = self.overflow_of.get(&root).copied();
+        let id = existing.unwrap_or_else(|| {
+            let id = self.new_unit(tree, pid, UnitKind::Overflow { root });
+            self.overflow_of.insert(root, id);
+            id
+        });
+        let (start_ns, live) = match tree.get_mut(pid) {
+            Some(p) => {
+                p.ext.overflow_head = true;
+                (p.start_ns, p.ext.live)
+            }
+            None => return id,
+        };
+        if let Some(unit) = self.units.get_mut(&id) {
+            if existing.is_some() {
+                unit.live_cpu_ns += live.cpu_ns;
+                unit.live_rss_bytes += live.rss_bytes;
+            }
+            if unit.live_heads == 0 {
+                // Its lifetime is that of the current run of children.
+                unit.start_ns = start_ns;
+                unit.exited_at_ns = None;
+            }
+            unit.live_heads += 1;
+        }
+        id
+    }
+
     fn new_unit(&mut self, tree: &ProcessTree, pid: u32, kind: UnitKind) -> UnitId {
         let id = self.next_unit;
         self.next_unit += 1;
         let p = tree.get(pid).expect("units are made for tracked processes");
-        let labelled = match kind {
-            UnitKind::Root { .. } => true,
-            UnitKind::Child { .. } if self.labelled_children < self.cfg.max_child_series => {
-                self.labelled_children += 1;
-                true
-            }
-            UnitKind::Child { .. } => {
-                self.child_overflowed += 1;
-                false
-            }
-        };
         self.units.insert(
             id,
             Unit {
@@ -507,30 +587,69 @@ impl Attribution {
                 live_rss_bytes: p.ext.live.rss_bytes,
                 cpu_ratio: 0.0,
                 peak_rss_bytes: p.ext.live.rss_bytes,
-                labelled,
+                live_heads: 0,
             },
         );
         id
     }
 
+    /// Drops exited roots and children past their retention, oldest first (`exited` is in
+    /// exit order), and gives back the places of children evicted early whose retention
+    /// has ended.
     fn expire(&mut self, now_ns: u64) {
         let retain = self.cfg.retain_exited_ns;
-        let expired: Vec<UnitId> = self
-            .units
-            .iter()
-            .filter(|(_, u)| {
-                u.exited_at_ns
-                    .is_some_and(|t| now_ns.saturating_sub(t) > retain)
-            })
-            .map(|(&id, _)| id)
-            .collect();
-        for id in expired {
-            if let Some(unit) = self.units.remove(&id) {
-                if matches!(unit.kind, UnitKind::Child { .. }) && unit.labelled {
-                    self.labelled_children -= 1;
+        while let Some(&(at, id)) = self.exited.front() {
+            if now_ns.saturating_sub(at) <= retain {
+                break;
+            }
+            self.exited.pop_front();
+            self.remove_exited(id, false);
+        }
+        while self
+            .held_places
+            .front()
+            .is_some_and(|&until| until < now_ns)
+        {
+            self.held_places.pop_front();
+            self.labelled_children -= 1;
+        }
+    }
+
+    /// Past `max_exited_series` exited units, drops the oldest before their retention ends,
+    /// counted. An evicted child's place stays taken until then (see `held_places`).
+    fn evict_past_cap(&mut self, now_ns: u64) {
+        while self.exited_kept > self.cfg.max_exited_series {
+            let Some((at, id)) = self.exited.pop_front() else {
+                break;
+            };
+            match self.remove_exited(id, true) {
+                Some(UnitKind::Child { .. }) => {
+                    // In order: `at` only grows, and so does `until`.
+                    let until = at.saturating_add(self.cfg.retain_exited_ns).max(now_ns);
+                    self.held_places.push_back(until);
+                }
+                Some(_) => {}
+                None => continue,
+            }
+            self.exited_evicted += 1;
+        }
+    }
+
+    /// Removes an exited unit (a root with its `_other` unit); its kind if it was still
+    /// kept. An evicted child keeps its place under the cap (the caller holds it).
+    fn remove_exited(&mut self, id: UnitId, evicted: bool) -> Option<UnitKind> {
+        let unit = self.units.remove(&id)?;
+        self.exited_kept -= 1;
+        match unit.kind {
+            UnitKind::Child { .. } if !evicted => self.labelled_children -= 1,
+            UnitKind::Child { .. } | UnitKind::Overflow { .. } => {}
+            UnitKind::Root { .. } => {
+                if let Some(other) = self.overflow_of.remove(&id) {
+                    self.units.remove(&other);
                 }
             }
         }
+        Some(unit.kind)
     }
 
     fn stats(&mut self, workload: WorkloadId) -> &mut WorkloadStats {
@@ -551,278 +670,4 @@ pub struct ProcessSample {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::record::tests::{exec, exit, fork};
-    use std::collections::HashMap;
-
-    const SEC: u64 = 1_000_000_000;
-
-    fn setup(selectors: &[&str]) -> (ProcessTree, Attribution) {
-        let mut tree = ProcessTree::new(1000);
-        tree.on_fork(&fork(1, 0, SEC));
-        let attribution = Attribution::new(AttributionConfig {
-            selectors: selectors.iter().map(|s| s.parse().unwrap()).collect(),
-            retain_exited_ns: 60 * SEC,
-            max_child_series: 100,
-            max_workloads: 10,
-        });
-        (tree, attribution)
-    }
-
-    fn fork_(tree: &mut ProcessTree, a: &mut Attribution, pid: u32, ppid: u32, start: u64) {
-        let mut r = fork(pid, ppid, start);
-        r.parent_start_ns = tree.get(ppid).map_or(0, |p| p.start_ns);
-        tree.on_fork(&r);
-        a.on_fork(tree, pid);
-    }
-
-    fn exit_(tree: &mut ProcessTree, a: &mut Attribution, pid: u32, start: u64, cpu_ns: u64) {
-        let r = exit(pid, 0, start, 0);
-        let p = tree.on_exit(&r).unwrap();
-        a.on_exit(&p, cpu_ns, 4096, start + SEC);
-    }
-
-    fn child_units(a: &Attribution) -> Vec<&Unit> {
-        a.units()
-            .map(|(_, u)| u)
-            .filter(|u| matches!(u.kind, UnitKind::Child { .. }))
-            .collect()
-    }
-
-    #[test]
-    fn parses_selectors() {
-        assert_eq!("pid:42".parse(), Ok(Selector::Pid(42)));
-        assert_eq!("cgroup:/a/b/".parse(), Ok(Selector::Cgroup("/a/b".into())));
-        assert!("pid:x"
-            .parse::<Selector>()
-            .unwrap_err()
-            .to_string()
-            .contains("not a pid"));
-        assert!("foo:x"
-            .parse::<Selector>()
-            .unwrap_err()
-            .to_string()
-            .contains("unknown kind"));
-        assert!("make"
-            .parse::<Selector>()
-            .unwrap_err()
-            .to_string()
-            .contains("needs a kind"));
-        assert_eq!(
-            "comm:make".parse::<Selector>().unwrap().to_string(),
-            "comm:make"
-        );
-    }
-
-    #[test]
-    fn rolls_exited_descendants_into_the_direct_child() {
-        let (mut tree, mut a) = setup(&["comm:make"]);
-        fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
-        tree.on_exec(&exec(10, 1, 2 * SEC, b"make", b"/usr/bin/make"));
-        a.on_exec(&mut tree, 10);
-        fork_(&mut tree, &mut a, 11, 10, 3 * SEC); // child of the watched make
-        fork_(&mut tree, &mut a, 12, 11, 4 * SEC); // grandchild
-        fork_(&mut tree, &mut a, 13, 12, 5 * SEC); // great-grandchild
-        exit_(&mut tree, &mut a, 13, 5 * SEC, 3_000_000);
-        exit_(&mut tree, &mut a, 12, 4 * SEC, 2_000_000);
-        exit_(&mut tree, &mut a, 11, 3 * SEC, 1_000_000);
-        let children = child_units(&a);
-        assert_eq!(children.len(), 1);
-        let c = children[0];
-        assert_eq!(
-            (c.pid, c.cpu_ns(), c.descendants_started),
-            (11, 6_000_000, 2)
-        );
-        assert!(c.exited_at_ns.is_some());
-        let root = a.unit(a.root_of(&tree, 10).unwrap()).unwrap();
-        assert_eq!((root.cpu_ns(), root.descendants_started), (6_000_000, 3));
-    }
-
-    #[test]
-    fn a_forked_copy_of_a_watched_process_is_not_a_root() {
-        let (mut tree, mut a) = setup(&["comm:parent"]);
-        // record::tests::fork names every child "parent": only exec/seed make roots.
-        fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
-        assert!(a.root_of(&tree, 10).is_none());
-    }
-
-    #[test]
-    fn live_samples_sum_per_unit_and_ratio_follows_cpu() {
-        let (mut tree, mut a) = setup(&["pid:10"]);
-        fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
-        fork_(&mut tree, &mut a, 11, 10, 3 * SEC);
-        fork_(&mut tree, &mut a, 12, 11, 4 * SEC);
-        let sample = |cpu11: u64, cpu12: u64| {
-            HashMap::from([
-                (
-                    11,
-                    ProcessSample {
-                        start_ns: 3 * SEC,
-                        cpu_ns: cpu11,
-                        rss_bytes: 100,
-                    },
-                ),
-                (
-                    12,
-                    ProcessSample {
-                        start_ns: 4 * SEC,
-                        cpu_ns: cpu12,
-                        rss_bytes: 50,
-                    },
-                ),
-            ])
-        };
-        a.apply_samples(&mut tree, &sample(0, 0), 10 * SEC);
-        a.apply_samples(&mut tree, &sample(SEC, SEC / 2), 11 * SEC);
-        let c = child_units(&a)[0];
-        assert_eq!((c.live_rss_bytes, c.live_cpu_ns), (150, 3 * SEC / 2));
-        assert!((c.cpu_ratio - 1.5).abs() < 1e-9, "{}", c.cpu_ratio);
-        // Exit books the exact CPU and drops the live share at once: no double count.
-        exit_(&mut tree, &mut a, 12, 4 * SEC, SEC);
-        let c = child_units(&a)[0];
-        assert_eq!((c.cpu_ns(), c.live_rss_bytes), (2 * SEC, 100));
-        assert!((c.cpu_ratio - 1.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn seeding_attributes_existing_subtrees() {
-        let (mut tree, mut a) = setup(&["pid:10"]);
-        for (pid, ppid, start) in [(10, 1, 2), (11, 10, 3), (12, 11, 4), (13, 10, 5)] {
-            tree.on_fork(&fork(pid, ppid, start * SEC));
-        }
-        a.seed(&mut tree);
-        assert_eq!(child_units(&a).len(), 2);
-        let root = a.root_of(&tree, 10).unwrap();
-        assert!(tree.get(12).unwrap().ext.units.contains(&root));
-    }
-
-    #[test]
-    fn child_series_are_capped_and_exited_ones_expire() {
-        let (mut tree, mut a) = setup(&["pid:10"]);
-        a.cfg.max_child_series = 2;
-        fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
-        for pid in 11..15 {
-            fork_(&mut tree, &mut a, pid, 10, pid as u64 * SEC);
-        }
-        assert_eq!(child_units(&a).iter().filter(|u| u.labelled).count(), 2);
-        assert_eq!(a.child_overflowed, 2);
-        exit_(&mut tree, &mut a, 11, 11 * SEC, 1);
-        a.apply_samples(&mut tree, &HashMap::new(), 11 * SEC + SEC + 61 * SEC);
-        assert_eq!(
-            child_units(&a).len(),
-            3,
-            "the exited child expired after retention"
-        );
-        assert_eq!(a.labelled_children, 1);
-    }
-
-    #[test]
-    fn cgroup_selector_roots_the_topmost_process_of_the_cgroup() {
-        let (mut tree, mut a) = setup(&["cgroup:/system.slice/app.service"]);
-        fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
-        fork_(&mut tree, &mut a, 11, 10, 3 * SEC);
-        a.set_cgroup(&mut tree, 1, SEC, "/init.scope", false);
-        a.set_cgroup(&mut tree, 10, 2 * SEC, "/system.slice/app.service", false);
-        a.set_cgroup(&mut tree, 11, 3 * SEC, "/system.slice/app.service", false);
-        assert!(a.root_of(&tree, 10).is_some());
-        assert!(a.root_of(&tree, 11).is_none());
-        let names: Vec<&str> = a.workloads().map(|(n, _)| n.workload.as_str()).collect();
-        assert!(
-            names.contains(&"app.service") && names.contains(&"init.scope"),
-            "{names:?}"
-        );
-    }
-
-    #[test]
-    fn unreadable_cgroups_keep_the_inherited_workload() {
-        let (mut tree, mut a) = setup(&[]);
-        fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
-        a.set_cgroup(&mut tree, 10, 2 * SEC, "/system.slice/app.service", false);
-        fork_(&mut tree, &mut a, 11, 10, 3 * SEC);
-        tree.get_mut(11).unwrap().comm = crate::tree::Comm::from_bytes(b"rustc");
-        assert!(a.cgroups_to_read(&tree, 10).contains(&(11, 3 * SEC)));
-        a.cgroup_unreadable(&mut tree, 11, 3 * SEC);
-        assert!(
-            !a.cgroups_to_read(&tree, 10).contains(&(11, 3 * SEC)),
-            "not retried"
-        );
-        let names: Vec<&str> = a.workloads().map(|(n, _)| n.workload.as_str()).collect();
-        assert_eq!(names, ["_other", "app.service"], "no workload named rustc");
-    }
-
-    #[test]
-    fn idle_workloads_are_released_after_retention() {
-        let (mut tree, mut a) = setup(&[]);
-        a.cfg.max_workloads = 1;
-        fork_(&mut tree, &mut a, 10, 1, 2 * SEC);
-        a.set_cgroup(
-            &mut tree,
-            10,
-            2 * SEC,
-            "/machine.slice/libpod-aaaaaaaaaaaaaaaa.scope",
-            false,
-        );
-        let names = |a: &Attribution| -> Vec<String> {
-            a.workloads().map(|(n, _)| n.workload.clone()).collect()
-        };
-        exit_(&mut tree, &mut a, 10, 2 * SEC, 1);
-        a.apply_samples(&mut tree, &HashMap::new(), 10 * SEC);
-        assert_eq!(
-            names(&a),
-            ["_other", "podman/aaaaaaaaaaaa"],
-            "within retention"
-        );
-        a.apply_samples(&mut tree, &HashMap::new(), 71 * SEC);
-        assert_eq!(
-            names(&a),
-            ["_other"],
-            "released after 60 s without processes"
-        );
-        let released: Vec<String> = a
-            .take_released()
-            .iter()
-            .map(|i| i.workload.clone())
-            .collect();
-        assert_eq!(released, ["podman/aaaaaaaaaaaa"]);
-        // Its place goes to the next container, although the cap is 1.
-        fork_(&mut tree, &mut a, 11, 1, 72 * SEC);
-        a.set_cgroup(
-            &mut tree,
-            11,
-            72 * SEC,
-            "/machine.slice/libpod-bbbbbbbbbbbbbbbb.scope",
-            false,
-        );
-        a.apply_samples(&mut tree, &HashMap::new(), 200 * SEC);
-        assert_eq!(
-            names(&a),
-            ["_other", "podman/bbbbbbbbbbbb"],
-            "a live one stays"
-        );
-        assert_eq!(a.workloads().nth(1).unwrap().1.processes, 1);
-    }
-
-    #[test]
-    fn kernel_threads_share_one_workload() {
-        let (mut tree, mut a) = setup(&[]);
-        for (pid, comm) in [
-            (2u32, "kthreadd"),
-            (30, "kworker/0:1-events"),
-            (31, "ksoftirqd/0"),
-        ] {
-            fork_(
-                &mut tree,
-                &mut a,
-                pid,
-                if pid == 2 { 0 } else { 2 },
-                pid as u64 * SEC,
-            );
-            tree.get_mut(pid).unwrap().comm = crate::tree::Comm::from_bytes(comm.as_bytes());
-            a.set_cgroup(&mut tree, pid, pid as u64 * SEC, "/", true);
-        }
-        let names: Vec<&str> = a.workloads().map(|(n, _)| n.workload.as_str()).collect();
-        assert_eq!(names, ["_other", "kernel"]);
-        assert!(a.is_kernel_thread(tree.get(30).unwrap()));
-    }
-}
+mod tests;

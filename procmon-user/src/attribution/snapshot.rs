@@ -1,19 +1,19 @@
 //! Attribution as metric rows, built under the state lock at scrape time.
 
-use std::collections::BTreeMap;
-
-use super::{Attribution, Unit, UnitId, UnitKind};
+use super::{Attribution, Unit, UnitKind};
 use crate::{
     metrics::attribution::{AttributionSnapshot, UnitRow, WorkloadRow},
     workload,
 };
 
 impl Attribution {
-    /// The metric rows: one per watched root, one per labelled child, one overflow row per
-    /// root for children past the cap, one per workload that has been seen.
+    /// The metric rows: one per watched root, one per labelled child, one `_other` row per
+    /// root with children past the cap, one per workload that has been seen.
     pub fn snapshot(&self, now_ns: u64) -> AttributionSnapshot {
         let mut snap = AttributionSnapshot {
             child_overflowed: self.child_overflowed,
+            exited_evicted: self.exited_evicted,
+            units_kept: self.units_kept() as u64,
             workloads_overflowed: self.workloads.overflowed,
             ..Default::default()
         };
@@ -35,40 +35,27 @@ impl Attribution {
             lifetime_seconds: u.lifetime_ns(now_ns) as f64 / 1e9,
             alive: u.exited_at_ns.is_none(),
         };
-        let mut overflow: BTreeMap<UnitId, UnitRow> = BTreeMap::new();
         for u in self.units.values() {
-            match u.kind {
-                UnitKind::Root { watch } => snap.roots.push(row(u, watch)),
-                UnitKind::Child { root } => {
-                    let Some((root_unit, UnitKind::Root { watch })) =
-                        self.units.get(&root).map(|r| (r, r.kind))
-                    else {
-                        continue;
-                    };
-                    let mut r = row(u, watch);
-                    r.root_pid = Some(root_unit.pid);
-                    if u.labelled {
-                        snap.children.push(r);
-                        continue;
-                    }
-                    let sum = overflow.entry(root).or_insert_with(|| UnitRow {
-                        pid: workload::OVERFLOW.into(),
-                        comm: workload::OVERFLOW.into(),
-                        ..r.clone()
-                    });
-                    if !std::ptr::eq(sum, &r) {
-                        sum.cpu_seconds += r.cpu_seconds;
-                        sum.rss_bytes += r.rss_bytes;
-                        sum.peak_rss_bytes = sum.peak_rss_bytes.max(r.peak_rss_bytes);
-                        sum.descendants_started += r.descendants_started;
-                        sum.cpu_ratio += r.cpu_ratio;
-                        sum.lifetime_seconds = sum.lifetime_seconds.max(r.lifetime_seconds);
-                        sum.alive |= r.alive;
-                    }
+            let root = match u.kind {
+                UnitKind::Root { watch } => {
+                    snap.roots.push(row(u, watch));
+                    continue;
                 }
+                UnitKind::Child { root } | UnitKind::Overflow { root } => root,
+            };
+            let Some((root_unit, UnitKind::Root { watch })) =
+                self.units.get(&root).map(|r| (r, r.kind))
+            else {
+                continue;
+            };
+            let mut r = row(u, watch);
+            r.root_pid = Some(root_unit.pid);
+            if matches!(u.kind, UnitKind::Overflow { .. }) {
+                r.pid = workload::OVERFLOW.into();
+                r.comm = workload::OVERFLOW.into();
             }
+            snap.children.push(r);
         }
-        snap.children.extend(overflow.into_values());
         snap.workloads = self
             .workloads()
             .filter(|(_, w)| w.processes > 0 || w.exited_cpu_ns > 0)

@@ -47,6 +47,10 @@ pub struct AttributionSnapshot {
     pub children: Vec<UnitRow>,
     pub workloads: Vec<WorkloadRow>,
     pub child_overflowed: u64,
+    /// Exited roots and children dropped before `--retain-exited`, past `--max-exited-series`.
+    pub exited_evicted: u64,
+    /// Attribution units the agent holds (the state these families are built from).
+    pub units_kept: u64,
     pub workloads_overflowed: u64,
 }
 
@@ -237,6 +241,22 @@ pub fn render(snap: &AttributionSnapshot) -> String {
         "counter",
         "Children attributed to the pid=\"_other\" series because --max-child-series was reached.",
         [(&none, &snap.child_overflowed)],
+        |v| *v as f64,
+    );
+    family(
+        &mut out,
+        "procmon_exited_series_evicted_total",
+        "counter",
+        "Exited watched processes and children whose series were dropped before --retain-exited because more than --max-exited-series were kept (oldest first).",
+        [(&none, &snap.exited_evicted)],
+        |v| *v as f64,
+    );
+    family(
+        &mut out,
+        "procmon_attribution_units",
+        "gauge",
+        "Watched processes, child series and _other series the agent keeps state for.",
+        [(&none, &snap.units_kept)],
         |v| *v as f64,
     );
     let w = || workloads.iter().map(|(l, w)| (l, *w));

@@ -164,6 +164,18 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     parse_cpu_seconds(&stat).with_context(|| format!("unexpected {path}: {stat:?}"))
 }
 
+/// Resident memory of process `pid` now (VmRSS).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .with_context(|| format!("no VmRSS in {path}"))
+}
+
 /// SIGTERM to the child when xtask dies without unwinding (SIGKILL, a second Ctrl-C), so no
 /// agent or exporter outlives the bench, probes attached or /proc being read.
 pub fn die_with_xtask(command: &mut Command) {

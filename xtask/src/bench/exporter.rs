@@ -29,6 +29,8 @@ pub struct Scrapes {
     pub bytes: usize,
     /// What the exporter says it tracks (namedprocess_namegroup_num_procs, all groups).
     pub processes: f64,
+    /// Its resident memory after the scrapes (VmRSS).
+    pub rss_bytes: u64,
 }
 
 struct Exporter {
@@ -92,6 +94,7 @@ pub fn measure(log_dir: &Path, scrapes: usize) -> Result<Scrapes> {
         cpu_seconds_per_scrape: cpu / scrapes as f64,
         bytes,
         processes,
+        rss_bytes: agent::rss_bytes(exporter.child.id())?,
     })
 }
 

@@ -398,6 +398,7 @@ fn cache_cap_evicts_the_least_recently_used_process() {
 fn rebuilds_after_forgetting_enough_processes() {
     let h = SymbolizerHandle::spawn(SymbolizeOptions {
         rebuild_after_forgotten: 2,
+        release_after_idle: None,
         ..SymbolizeOptions::default()
     });
     let f = probe_addr();
@@ -413,6 +414,31 @@ fn rebuilds_after_forgetting_enough_processes() {
         "after a rebuild: {frame:?}"
     );
     assert_eq!(h.stats().rebuilds, 1);
+}
+
+#[test]
+fn releases_elf_data_when_idle_and_keeps_answering() {
+    let h = SymbolizerHandle::spawn(SymbolizeOptions {
+        release_after_idle: Some(std::time::Duration::from_millis(10)),
+        release_every: std::time::Duration::ZERO,
+        ..SymbolizeOptions::default()
+    });
+    let f = probe_addr();
+    h.symbolize_blocking(own(vec![f]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while h.stats().rebuilds == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no release within 30 s of going idle"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A new address of the same binary is parsed again, from a fresh Symbolizer.
+    let frame = symbolize_one(&h, std::process::id(), f + 1);
+    assert!(
+        frame.ends_with("procmon_probe_target"),
+        "after a release: {frame:?}"
+    );
 }
 
 #[tokio::test]
