@@ -231,8 +231,9 @@ impl Batch<'_> {
     }
 
     /// Exits whose release did not come in time go out with the CPU read at exit.
-    pub fn expire_exits(&mut self, now_ns: u64) {
-        for held in self.deaths.awaiting.expired(now_ns) {
+    /// `drained_ns`: every record the kernel submitted before it has been applied.
+    pub fn expire_exits(&mut self, drained_ns: u64) {
+        for held in self.deaths.awaiting.expired(drained_ns) {
             self.finish_exit(held, false);
         }
     }

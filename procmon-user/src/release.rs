@@ -150,7 +150,8 @@ impl<T> Awaiting<T> {
         Released::Unseen
     }
 
-    /// Exits whose release did not come within [`RELEASE_WAIT_NS`] of `now_ns`.
+    /// Exits whose release was not submitted within [`RELEASE_WAIT_NS`] of their exit, once
+    /// the ring has been read up to `now_ns`.
     pub fn expired(&mut self, now_ns: u64) -> Vec<Held<T>> {
         let mut out = Vec::new();
         while let Some(key) = self.order.front() {

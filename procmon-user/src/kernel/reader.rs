@@ -71,6 +71,9 @@ pub async fn run(
                 // programs submit microseconds after reserving, far inside the margin the
                 // reconciler gives.
                 drained.0.fetch_max(started, Ordering::Release);
+                // Judged by what was read, not by the clock: a reader running behind must
+                // not report exits whose release is already waiting in the ring.
+                ingest.batch(&shared).expire_exits(started);
                 break;
             }
             tokio::task::yield_now().await;
@@ -96,6 +99,5 @@ fn drain_batch(
     if let Some(seconds) = batch.lag_seconds() {
         lag.observe(seconds);
     }
-    batch.expire_exits(crate::clock::boottime_ns());
     batch.records
 }
