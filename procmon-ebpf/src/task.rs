@@ -93,13 +93,6 @@ pub fn parent_identity_direct(task: Kptr) -> (u32, u64) {
     )
 }
 
-/// [`mm_counter`] with plain loads: `mm` must be BTF-typed.
-#[inline(always)]
-pub fn mm_counter_direct(mm: Kptr, index: u32) -> u64 {
-    mm.field::<i64>(off!(mm_rss_stat) + index * off!(mm_rss_stride))
-        .max(0) as u64
-}
-
 /// `enum mm_counter_type` indexes; the order has been stable since Linux 4.5.
 pub const MM_FILEPAGES: u32 = 0;
 pub const MM_ANONPAGES: u32 = 1;

@@ -16,9 +16,7 @@ use procmon_common::{
 
 use crate::{
     cgroup, count, off, offsets,
-    task::{
-        mm_counter_direct, parent_identity_direct, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES,
-    },
+    task::{mm_counter, parent_identity_direct, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
     wakeup_flags, EVENTS, GROUP_DEAD,
 };
 
@@ -149,9 +147,12 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
             (*r).rss_shmem_pages = 0;
         } else {
             (*r).hiwater_pages = mm.field(off!(mm_hiwater_rss));
-            (*r).rss_file_pages = mm_counter_direct(mm, MM_FILEPAGES);
-            (*r).rss_anon_pages = mm_counter_direct(mm, MM_ANONPAGES);
-            (*r).rss_shmem_pages = mm_counter_direct(mm, MM_SHMEMPAGES);
+            // Through the helper: before 6.2 the counters are `atomic_long_t`, a typedef the
+            // 5.10 verifier does not see through ("Type 'atomic_long_t' is not a struct").
+            let o = offsets();
+            (*r).rss_file_pages = mm_counter(mm, MM_FILEPAGES, &o);
+            (*r).rss_anon_pages = mm_counter(mm, MM_ANONPAGES, &o);
+            (*r).rss_shmem_pages = mm_counter(mm, MM_SHMEMPAGES, &o);
         }
     }
     entry.submit(wakeup_flags());
