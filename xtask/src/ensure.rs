@@ -49,9 +49,15 @@ impl Need {
                  profile a JIT runtime (node --perf-basic-prof)",
             ),
             Need::Bench => (
-                &["stress-ng", "bpftool", "prometheus-process-exporter"],
-                "the benchmarks generate fork storms with stress-ng, read BPF stats with bpftool \
-                 and compare sampling against process-exporter",
+                &[
+                    "stress-ng",
+                    "bpftool",
+                    "prometheus-process-exporter",
+                    "libbpf-tools",
+                ],
+                "the benchmarks generate fork storms with stress-ng, read BPF stats with bpftool, \
+                 compare sampling against process-exporter and tracing against libbpf-tools' \
+                 exitsnoop and execsnoop",
             ),
             Need::Image => (
                 &["buildah"],

@@ -95,15 +95,22 @@ pub struct ProbeCost {
     pub run_time_ns: u64,
 }
 
-/// The agent's lifecycle probes (programs named `sched_*`) as bpftool sees them now.
+/// Every program the agent holds, as bpftool sees them now.
 pub fn snapshot(agent_pid: u32) -> Result<Vec<Prog>> {
-    snapshot_programs(agent_pid, LIFECYCLE)
+    snapshot_programs(&[agent_pid], |_| true)
 }
 
-const LIFECYCLE: fn(&str) -> bool = |name| name.starts_with("sched_");
+/// Whether procmon runs program `name` per process lifecycle (fork, wakeup, exec, exit,
+/// context switch, ...). The exceptions run on timers, not per process: CPU sampling
+/// (`cpu_sample`) and the sampling pass's task iterator (`sample_tasks`). An exclusion list,
+/// so that a lifecycle program added later (sched_process_free, say) is counted unasked.
+pub fn per_lifecycle(name: &str) -> bool {
+    !matches!(name, "cpu_sample" | "sample_tasks")
+}
 
-/// The agent's programs whose (kernel-truncated) name `wanted` accepts.
-pub fn snapshot_programs(agent_pid: u32, wanted: fn(&str) -> bool) -> Result<Vec<Prog>> {
+/// The programs held open by any of `pids` whose (possibly kernel-truncated) name `wanted`
+/// accepts.
+pub fn snapshot_programs(pids: &[u32], wanted: fn(&str) -> bool) -> Result<Vec<Prog>> {
     let mut bpftool = Command::new("bpftool");
     bpftool.args(["prog", "show", "--json"]);
     let out = cmd::output(&mut bpftool)?;
@@ -116,9 +123,10 @@ pub fn snapshot_programs(agent_pid: u32, wanted: fn(&str) -> bool) -> Result<Vec
         );
     }
     let progs = parse_progs(&String::from_utf8_lossy(&out.stdout))?;
-    let probes = agents_probes(progs, agent_pid, &fd_prog_ids(agent_pid), wanted);
+    let fd_ids: HashSet<u32> = pids.iter().flat_map(|&pid| fd_prog_ids(pid)).collect();
+    let probes = owned_programs(progs, pids, &fd_ids, wanted);
     if probes.is_empty() {
-        bail!("bpftool shows none of the agent's programs (pid {agent_pid}) that the benchmark looks for");
+        bail!("bpftool shows none of the programs of pids {pids:?} that the benchmark looks for");
     }
     Ok(probes)
 }
@@ -173,13 +181,14 @@ fn parse_progs(json: &str) -> Result<Vec<Prog>> {
     Ok(progs)
 }
 
-/// Other sessions may run agents or tests with the same probes, so the agent's programs are
-/// picked out: by bpftool's `pids` when it was built with BPF skeletons (Debian's is not); else
-/// by the program ids the agent holds open (/proc/PID/fdinfo); failing both, the newest program
-/// of each name (the agent's were loaded last, unless something loaded probes since).
-fn agents_probes(
+/// Other sessions may run agents, tests or peer tools with the same probes, so the programs
+/// of `owners` are picked out: by bpftool's `pids` when it was built with BPF skeletons
+/// (Debian's is not); else by the program ids they hold open (/proc/PID/fdinfo); failing
+/// both, the newest program of each name (theirs were loaded last, unless something loaded
+/// probes since).
+fn owned_programs(
     progs: Vec<Prog>,
-    agent_pid: u32,
+    owners: &[u32],
     fd_ids: &HashSet<u32>,
     wanted: fn(&str) -> bool,
 ) -> Vec<Prog> {
@@ -188,7 +197,7 @@ fn agents_probes(
         let owned = |p: &Prog| {
             p.pids
                 .as_ref()
-                .is_some_and(|pids| pids.contains(&agent_pid))
+                .is_some_and(|pids| pids.iter().any(|pid| owners.contains(pid)))
         };
         return probes.into_iter().filter(owned).collect();
     }
@@ -208,13 +217,30 @@ fn agents_probes(
 }
 
 /// Ids of the BPF programs (and links, which name their program) open in process `pid`.
-fn fd_prog_ids(pid: u32) -> HashSet<u32> {
+pub fn fd_prog_ids(pid: u32) -> HashSet<u32> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return HashSet::new();
     };
     dir.filter_map(|entry| fs::read_to_string(entry.ok()?.path()).ok())
         .filter_map(|info| parse_fdinfo_prog_id(&info))
         .collect()
+}
+
+/// Ids of the BPF links open in process `pid`: a program is attached once its link exists.
+pub fn fd_link_ids(pid: u32) -> HashSet<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return HashSet::new();
+    };
+    dir.filter_map(|entry| fs::read_to_string(entry.ok()?.path()).ok())
+        .filter_map(|info| parse_fdinfo_link_id(&info))
+        .collect()
+}
+
+fn parse_fdinfo_link_id(fdinfo: &str) -> Option<u32> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("link_id:"))
+        .and_then(|id| id.trim().parse().ok())
 }
 
 fn parse_fdinfo_prog_id(fdinfo: &str) -> Option<u32> {
@@ -237,6 +263,8 @@ mod tests {
 {"id":600,"type":"tracing","name":"sched_switch","run_time_ns":7,"run_cnt":1},
 {"id":601,"type":"kprobe","name":"other","run_time_ns":1,"run_cnt":1}]"#;
 
+    const SCHED: fn(&str) -> bool = |name| name.starts_with("sched_");
+
     fn ids(progs: &[Prog]) -> Vec<u32> {
         progs.iter().map(|p| p.id).collect()
     }
@@ -256,19 +284,32 @@ mod tests {
         let progs = parse_progs(JSON).unwrap();
         let fds: HashSet<u32> = [521, 522, 523].into();
         assert_eq!(
-            ids(&agents_probes(progs.clone(), 1, &fds, LIFECYCLE)),
+            ids(&owned_programs(progs.clone(), &[1], &fds, SCHED)),
             [521, 522, 523]
         );
         // No fd information: the newest program of each name.
         assert_eq!(
-            ids(&agents_probes(progs, 1, &HashSet::new(), LIFECYCLE)),
+            ids(&owned_programs(progs, &[1], &HashSet::new(), SCHED)),
             [523, 522, 600]
         );
         // bpftool's `pids` wins over everything else.
         let with_pids = r#"[{"id":5,"name":"sched_switch","pids":[{"pid":42,"comm":"procmon"}]},
             {"id":6,"name":"sched_switch","pids":[{"pid":7,"comm":"other"}]}]"#;
         let progs = parse_progs(with_pids).unwrap();
-        assert_eq!(ids(&agents_probes(progs, 42, &[6].into(), LIFECYCLE)), [5]);
+        assert_eq!(ids(&owned_programs(progs, &[42], &[6].into(), SCHED)), [5]);
+    }
+
+    #[test]
+    fn programs_of_several_owners_and_the_lifecycle_set() {
+        let progs = parse_progs(JSON).unwrap();
+        let fds: HashSet<u32> = [522, 601].into();
+        assert_eq!(
+            ids(&owned_programs(progs, &[1, 2], &fds, |_| true)),
+            [522, 601]
+        );
+        assert!(per_lifecycle("sched_switch") && per_lifecycle("taskstats_exit"));
+        assert!(per_lifecycle("sched_process_free"));
+        assert!(!per_lifecycle("cpu_sample") && !per_lifecycle("sample_tasks"));
     }
 
     #[test]
@@ -308,5 +349,7 @@ mod tests {
         assert_eq!(parse_fdinfo_prog_id(prog), Some(521));
         assert_eq!(parse_fdinfo_prog_id(link), Some(521));
         assert_eq!(parse_fdinfo_prog_id("pos:\t0\n"), None);
+        assert_eq!(parse_fdinfo_link_id(link), Some(9));
+        assert_eq!(parse_fdinfo_link_id(prog), None);
     }
 }

@@ -1,0 +1,565 @@
+//! `cargo xtask bench soak [--minutes 10]`: the agent under everything at once for a long
+//! time. A fork storm, a crashing child every 2 s, an OOM kill in a memory cgroup every 20 s,
+//! 50 clients on `/events` (25 reading every event, 25 only `crash,oom_kill`) and a
+//! `/metrics` scrape every second. The agent's RSS is sampled every 10 s.
+//!
+//! Verdicts:
+//! - up: at the end the agent still runs, `/healthz` answers 200, and SIGTERM stops it with
+//!   status 0;
+//! - RSS flat: the last RSS sample minus the first one at or after the warm-up (2 minutes,
+//!   or a fifth of a shorter soak) is at most 2 MiB; a least-squares slope over the same
+//!   samples is printed beside it;
+//! - every loss counted (see [`client_problems`]): each client was sent every event the soak
+//!   made that it subscribed to, except as many as the agent says it lost
+//!   (`procmon_events_lost_total`) plus the drops it announced to that client; no client got
+//!   more than was made; an unfiltered client's `id:` gaps add up exactly to the drops
+//!   announced to it; and the drops announced to clients add up to the rise of
+//!   `procmon_sse_dropped_events_total`.
+mod clients;
+mod load;
+
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use procmon_tests::memcg::Memcg;
+
+use super::{
+    agent::Agent,
+    prom,
+    report::{quantile, Row, Target},
+    table::{cells, print_table},
+};
+use clients::{Subjects, Tally};
+
+const CLIENTS: usize = 50;
+const FILTERED_PATH: &str = "/events?kind=crash,oom_kill";
+const CRASH_EVERY: Duration = Duration::from_secs(2);
+const OOM_EVERY: Duration = Duration::from_secs(20);
+const MEMCG_LIMIT: u64 = 64 << 20;
+const RSS_EVERY: Duration = Duration::from_secs(10);
+const MAX_RSS_GROWTH: f64 = 2.0 * 1048576.0;
+/// How long the clients get to catch up after the load stops: until none received anything
+/// for `QUIET`, at most `CATCH_UP`.
+const QUIET: Duration = Duration::from_secs(2);
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+struct Counters {
+    lost: f64,
+    sse_dropped: f64,
+}
+
+fn counters(agent: &Agent) -> Result<Counters> {
+    let metrics = prom::parse(&agent.metrics()?.body)?;
+    Ok(Counters {
+        lost: metrics.sum("procmon_events_lost_total", &[]),
+        sse_dropped: metrics.sum("procmon_sse_dropped_events_total", &[]),
+    })
+}
+
+pub fn run(agent_bin: &Path, log_dir: &Path, minutes: u32) -> Result<(Vec<Row>, Vec<String>)> {
+    let soak = Duration::from_secs(u64::from(minutes) * 60);
+    let warm_up = Duration::from_secs(120).min(soak / 5);
+    let memcg = Memcg::create(&format!("procmon-soak-{}", std::process::id()), MEMCG_LIMIT)
+        .context(
+            "no memory cgroup hierarchy (v1 memory, or v2 with the memory controller): \
+             the soak needs one for its OOM kills",
+        )?;
+    let mut agent = Agent::start(agent_bin, &log_dir.join("agent-soak.log"), &[])?;
+    let mut storm = load::ForkStorm::start()?;
+    let subjects = Subjects {
+        storm: storm.pid(),
+        parent: std::process::id(),
+    };
+    let closing = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let path = if i % 2 == 0 { "/events" } else { FILTERED_PATH };
+        clients.push(clients::connect(
+            agent.addr(),
+            path,
+            subjects,
+            closing.clone(),
+        )?);
+    }
+    wait_for_clients(&agent)?;
+    let before = counters(&agent)?;
+    let cpu_before = agent.cpu_seconds()?;
+    eprintln!(
+        "\n==> soak: {minutes} min: fork storm (pid {}), a crash every {CRASH_EVERY:?}, an OOM kill \
+         every {OOM_EVERY:?} in {}, {CLIENTS} /events clients, a scrape every second",
+        storm.pid(),
+        memcg.dir().display()
+    );
+    storm.begin()?;
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let (made, samples, scrapes) = thread::scope(|scope| -> Result<_> {
+        let crasher =
+            scope.spawn(|| load::crashes_and_ooms(&stop, memcg.dir(), CRASH_EVERY, OOM_EVERY));
+        let watched = watch(&mut agent, started, soak);
+        stop.store(true, Ordering::Relaxed);
+        let made = crasher.join().expect("the crash/OOM thread panicked");
+        let (samples, scrapes) = watched?;
+        Ok((made?, samples, scrapes))
+    })?;
+    let forks = storm.stop()?;
+    let elapsed = started.elapsed();
+    let cpu_seconds = agent.cpu_seconds()? - cpu_before;
+    catch_up(&clients);
+    let up = agent.running() && prom::get(agent.addr(), "/healthz").is_ok_and(|r| r.status == 200);
+    let after = counters(&agent)?;
+    closing.store(true, Ordering::Relaxed);
+    let tallies: Vec<Tally> = clients.into_iter().map(clients::Client::close).collect();
+    let stopped = agent.stop();
+    let kernel_ooms = load::memcg_oom_kills(memcg.dir());
+    drop(memcg);
+
+    let truth = Truth {
+        forks,
+        crashes: made.crashes.clone(),
+        oom_victims: made.oom_victims.clone(),
+        lost: after.lost - before.lost,
+    };
+    print_clients(&tallies, &truth);
+    let sse_dropped = after.sse_dropped - before.sse_dropped;
+    let told: u64 = tallies.iter().map(|t| t.dropped).sum();
+    let failing: Vec<usize> = (0..tallies.len())
+        .filter(|&i| !client_problems(&tallies[i], &truth).is_empty())
+        .collect();
+    for &i in &failing {
+        eprintln!(
+            "client {}: {}",
+            i + 1,
+            client_problems(&tallies[i], &truth).join("; ")
+        );
+    }
+    let rss = rss_verdict(&samples, warm_up);
+    println!("\nagent RSS every {RSS_EVERY:?} (MiB)");
+    println!(
+        "{}",
+        samples
+            .iter()
+            .map(|(t, b)| format!("{:.0}s:{:.1}", t.as_secs_f64(), *b as f64 / 1048576.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let unfiltered = tallies.iter().filter(|t| !t.filtered);
+    let seen_min = unfiltered.clone().map(|t| t.storm_exits).min().unwrap_or(0);
+    let seen_max = unfiltered.map(|t| t.storm_exits).max().unwrap_or(0);
+    let ok_scrapes = scrapes.iter().filter(|s| s.is_some()).count();
+    let latencies: Vec<f64> = scrapes.iter().flatten().copied().collect();
+    let row = |metric: &str, value: String, target: Option<Target>| Row {
+        benchmark: "soak".into(),
+        metric: metric.into(),
+        value,
+        target,
+    };
+    let rows = vec![
+        row(
+            "load made (exact counts)",
+            format!(
+                "{:.1} min: {forks} storm forks ({:.0}/s), {} crashes, {} OOM kills (memcg count {})",
+                elapsed.as_secs_f64() / 60.0,
+                forks as f64 / elapsed.as_secs_f64(),
+                made.crashes.len(),
+                made.oom_victims.len(),
+                kernel_ooms.map_or("n/a".into(), |n| n.to_string())
+            ),
+            Some(Target {
+                text: "children died as meant".into(),
+                met: made.misfires.is_empty(),
+            }),
+        ),
+        row(
+            "agent up at the end (/healthz, SIGTERM exit 0)",
+            match (&stopped, up) {
+                (Ok(()), true) => "yes".into(),
+                (Err(e), _) => format!("no: {e:#}"),
+                (Ok(()), false) => "no: /healthz did not answer 200".into(),
+            },
+            Some(Target {
+                text: "up".into(),
+                met: up && stopped.is_ok(),
+            }),
+        ),
+        row(
+            &format!(
+                "RSS growth: last sample - sample at {:.0} min",
+                warm_up.as_secs_f64() / 60.0
+            ),
+            format!(
+                "{:+.2} MiB ({:.1} -> {:.1} MiB; least-squares {:+.3} MiB/min; max {:.1} MiB)",
+                rss.growth / 1048576.0,
+                rss.from / 1048576.0,
+                rss.to / 1048576.0,
+                rss.slope_per_minute / 1048576.0,
+                rss.max / 1048576.0
+            ),
+            Some(Target {
+                text: "<= +2 MiB".into(),
+                met: rss.growth <= MAX_RSS_GROWTH,
+            }),
+        ),
+        row(
+            "agent CPU over the soak",
+            format!(
+                "{:.1} % of a core",
+                cpu_seconds / elapsed.as_secs_f64() * 100.0
+            ),
+            None,
+        ),
+        row(
+            "/metrics scrapes ok / made, p50 / p99 / max",
+            format!(
+                "{ok_scrapes} / {}, {:.1} / {:.1} / {:.1} ms",
+                scrapes.len(),
+                quantile(&latencies, 0.5) * 1e3,
+                quantile(&latencies, 0.99) * 1e3,
+                quantile(&latencies, 1.0) * 1e3
+            ),
+            Some(Target {
+                text: "all ok".into(),
+                met: ok_scrapes == scrapes.len(),
+            }),
+        ),
+        row(
+            "storm exits seen per unfiltered client (min-max of made)",
+            format!("{seen_min}-{seen_max} of {forks}"),
+            None,
+        ),
+        row(
+            "events lost by the agent (procmon_events_lost_total rise)",
+            truth.lost.to_string(),
+            None,
+        ),
+        row(
+            "SSE drops: announced to clients / procmon_sse_dropped_events_total rise",
+            format!("{told} / {sse_dropped}"),
+            Some(Target {
+                text: "equal".into(),
+                met: told as f64 == sse_dropped,
+            }),
+        ),
+        row(
+            "every loss counted: clients passing",
+            format!("{} / {}", tallies.len() - failing.len(), tallies.len()),
+            Some(Target {
+                text: "all".into(),
+                met: failing.is_empty(),
+            }),
+        ),
+    ];
+    let mut notes = vec![format!(
+        "soak: {CLIENTS} clients, every other one filtered to crash,oom_kill; RSS verdict on the \
+         last sample minus the first at or after {:.0} s",
+        warm_up.as_secs_f64()
+    )];
+    notes.extend(made.misfires);
+    Ok((rows, notes))
+}
+
+/// What the soak made, and what the agent says it lost.
+struct Truth {
+    forks: u64,
+    crashes: Vec<u32>,
+    oom_victims: Vec<u32>,
+    lost: f64,
+}
+
+/// Why `tally` fails "every loss counted", empty if it passes. For each kind of event the soak
+/// made (storm forks and exits for unfiltered clients, crashes and OOM kills for all): the
+/// client saw no more than was made, and what it missed is at most the agent's own count of
+/// lost events plus the drops announced to this client. An unfiltered client sees every
+/// event's `id:`, so its gaps must equal the drops announced to it, exactly.
+fn client_problems(tally: &Tally, truth: &Truth) -> Vec<String> {
+    let mut problems = Vec::new();
+    let allowance = tally.dropped as f64 + truth.lost;
+    let seen_of = |set: &std::collections::HashSet<u32>, made: &[u32]| {
+        made.iter().filter(|p| set.contains(p)).count() as u64
+    };
+    let mut check = |what: &str, seen: u64, made: u64, extra: u64| {
+        if seen > made || extra > 0 {
+            problems.push(format!(
+                "{what}: saw {seen} + {extra} unknown of {made} made"
+            ));
+        } else if (made - seen) as f64 > allowance {
+            problems.push(format!(
+                "{what}: missed {} of {made}, but only {allowance} losses were counted",
+                made - seen
+            ));
+        }
+    };
+    if !tally.filtered {
+        check("storm forks", tally.storm_forks, truth.forks, 0);
+        check("storm exits", tally.storm_exits, truth.forks, 0);
+    }
+    let crashes = seen_of(&tally.crashes, &truth.crashes);
+    check(
+        "crashes",
+        crashes,
+        truth.crashes.len() as u64,
+        tally.crashes.len() as u64 - crashes,
+    );
+    let ooms = seen_of(&tally.oom_kills, &truth.oom_victims);
+    check(
+        "OOM kills",
+        ooms,
+        truth.oom_victims.len() as u64,
+        tally.oom_kills.len() as u64 - ooms,
+    );
+    if !tally.filtered && tally.id_gaps != tally.dropped {
+        problems.push(format!(
+            "{} events missing from the ids, {} announced as dropped",
+            tally.id_gaps, tally.dropped
+        ));
+    }
+    if tally.cut_off {
+        problems.push("the stream ended before the soak closed it".into());
+    }
+    problems
+}
+
+fn print_clients(tallies: &[Tally], truth: &Truth) {
+    let mut table = vec![cells([
+        "client",
+        "filter",
+        "messages",
+        "dropped",
+        "id gaps",
+        "storm forks",
+        "storm exits",
+        "crashes",
+        "OOM kills",
+        "verdict",
+    ])];
+    for (i, t) in tallies.iter().enumerate() {
+        let problems = client_problems(t, truth);
+        table.push(vec![
+            (i + 1).to_string(),
+            if t.filtered { "crash,oom_kill" } else { "all" }.into(),
+            t.messages.to_string(),
+            t.dropped.to_string(),
+            if t.filtered {
+                "-".into()
+            } else {
+                t.id_gaps.to_string()
+            },
+            t.storm_forks.to_string(),
+            t.storm_exits.to_string(),
+            t.crashes.len().to_string(),
+            t.oom_kills.len().to_string(),
+            if problems.is_empty() { "ok" } else { "FAILED" }.into(),
+        ]);
+    }
+    println!(
+        "\nsoak: /events clients (made: {} storm forks, {} crashes, {} OOM kills; agent lost {})",
+        truth.forks,
+        truth.crashes.len(),
+        truth.oom_victims.len(),
+        truth.lost
+    );
+    print_table(&table);
+}
+
+/// Scrapes /metrics every second and samples RSS every [`RSS_EVERY`] until `soak` has
+/// passed. Returns the RSS samples (time since start, bytes) and each scrape's latency in
+/// seconds (None for a failed one).
+#[allow(clippy::type_complexity, reason = "two plain series, named in the doc")]
+fn watch(
+    agent: &mut Agent,
+    started: Instant,
+    soak: Duration,
+) -> Result<(Vec<(Duration, u64)>, Vec<Option<f64>>)> {
+    let (mut samples, mut scrapes) = (Vec::new(), Vec::new());
+    let mut next_rss = Duration::ZERO;
+    let mut second = 0;
+    while started.elapsed() < soak {
+        super::bpf::interrupted()?;
+        if !agent.running() {
+            bail!("the agent died {:?} into the soak", started.elapsed());
+        }
+        if started.elapsed() >= next_rss {
+            next_rss += RSS_EVERY;
+            let rss = agent.rss_bytes()?;
+            eprintln!(
+                "soak {:>4.0} s: agent RSS {:.1} MiB",
+                started.elapsed().as_secs_f64(),
+                rss as f64 / 1048576.0
+            );
+            samples.push((started.elapsed(), rss));
+        }
+        scrapes.push(agent.metrics().ok().map(|r| r.elapsed.as_secs_f64()));
+        second += 1;
+        let next = started + Duration::from_secs(second);
+        thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let rss = agent.rss_bytes()?;
+    samples.push((started.elapsed(), rss));
+    Ok((samples, scrapes))
+}
+
+/// Waits until no client has received anything for [`QUIET`] (at most [`CATCH_UP`]), so
+/// every client has been sent what the load made before the counts are compared.
+fn catch_up(clients: &[clients::Client]) {
+    let deadline = Instant::now() + CATCH_UP;
+    let counts = || -> Vec<u64> {
+        clients
+            .iter()
+            .map(|c| c.messages.load(Ordering::Relaxed))
+            .collect()
+    };
+    let mut last = counts();
+    while Instant::now() < deadline {
+        thread::sleep(QUIET);
+        let now = counts();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+struct RssVerdict {
+    from: f64,
+    to: f64,
+    growth: f64,
+    slope_per_minute: f64,
+    max: f64,
+}
+
+/// Growth from the first sample at or after `warm_up` to the last, and the least-squares
+/// slope over those samples.
+fn rss_verdict(samples: &[(Duration, u64)], warm_up: Duration) -> RssVerdict {
+    let after: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|(t, _)| *t >= warm_up)
+        .map(|(t, b)| (t.as_secs_f64() / 60.0, *b as f64))
+        .collect();
+    let (from, to) = match (after.first(), after.last()) {
+        (Some(f), Some(l)) => (f.1, l.1),
+        _ => (f64::NAN, f64::NAN),
+    };
+    let n = after.len() as f64;
+    let (mx, my) = (
+        after.iter().map(|p| p.0).sum::<f64>() / n,
+        after.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxy: f64 = after.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let sxx: f64 = after.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    RssVerdict {
+        from,
+        to,
+        growth: to - from,
+        slope_per_minute: sxy / sxx,
+        max: samples.iter().map(|s| s.1 as f64).fold(0.0, f64::max),
+    }
+}
+
+fn wait_for_clients(agent: &Agent) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = prom::parse(&agent.metrics()?.body)?;
+        if metrics.sum("procmon_sse_clients", &[]) >= CLIENTS as f64 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not count {CLIENTS} /events clients within 30 s");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn truth() -> Truth {
+        Truth {
+            forks: 100,
+            crashes: vec![1, 2, 3],
+            oom_victims: vec![9],
+            lost: 0.0,
+        }
+    }
+
+    fn complete() -> Tally {
+        Tally {
+            storm_forks: 100,
+            storm_exits: 100,
+            crashes: [1, 2, 3].into(),
+            oom_kills: [9].into(),
+            ..Tally::default()
+        }
+    }
+
+    #[test]
+    fn a_client_that_saw_everything_passes() {
+        assert!(client_problems(&complete(), &truth()).is_empty());
+    }
+
+    #[test]
+    fn missing_events_must_be_announced_or_counted_as_lost() {
+        let mut t = complete();
+        t.storm_exits = 90;
+        assert_eq!(client_problems(&t, &truth()).len(), 1);
+        // Announced as dropped, with matching id gaps: counted.
+        t.dropped = 10;
+        t.id_gaps = 10;
+        assert!(client_problems(&t, &truth()).is_empty());
+        // Gaps nobody announced.
+        t.id_gaps = 11;
+        assert_eq!(client_problems(&t, &truth()).len(), 1);
+        // Lost by the agent (ring buffer full): counted.
+        let mut t = complete();
+        t.crashes.remove(&2);
+        assert_eq!(client_problems(&t, &truth()).len(), 1);
+        let lost = Truth {
+            lost: 1.0,
+            ..truth()
+        };
+        assert!(client_problems(&t, &lost).is_empty());
+    }
+
+    #[test]
+    fn more_than_was_made_fails() {
+        let mut t = complete();
+        t.storm_forks = 101;
+        t.crashes.insert(4);
+        assert_eq!(client_problems(&t, &truth()).len(), 2);
+        // Filtered clients are not asked about the storm, and have no id sequence.
+        let filtered = Tally {
+            filtered: true,
+            id_gaps: 5,
+            crashes: [1, 2, 3].into(),
+            oom_kills: [9].into(),
+            ..Tally::default()
+        };
+        assert!(client_problems(&filtered, &truth()).is_empty());
+    }
+
+    #[test]
+    fn rss_growth_after_warm_up() {
+        let mib = 1048576;
+        let samples: Vec<(Duration, u64)> = (0..=6)
+            .map(|i| {
+                (
+                    Duration::from_secs(i * 60),
+                    [40, 50, 50, 51, 50, 51, 51][i as usize] * mib,
+                )
+            })
+            .collect();
+        let v = rss_verdict(&samples, Duration::from_secs(120));
+        assert_eq!((v.from, v.to), (50.0 * mib as f64, 51.0 * mib as f64));
+        assert_eq!(v.growth, mib as f64);
+        assert_eq!(v.max, 51.0 * mib as f64);
+        assert!(v.slope_per_minute > 0.0 && v.slope_per_minute < mib as f64);
+    }
+}
