@@ -142,12 +142,17 @@ pub fn run(agent_bin: &Path, log_dir: &Path, minutes: u32) -> Result<(Vec<Row>, 
         );
     }
     let rss = rss_verdict(&samples, warm_up);
-    println!("\nagent RSS every {RSS_EVERY:?} (MiB)");
+    println!("\nagent RSS every {RSS_EVERY:?} (seconds: MiB / processes in its tree)");
     println!(
         "{}",
         samples
             .iter()
-            .map(|(t, b)| format!("{:.0}s:{:.1}", t.as_secs_f64(), *b as f64 / 1048576.0))
+            .map(|s| format!(
+                "{:.0}s:{:.1}/{}",
+                s.at.as_secs_f64(),
+                s.bytes as f64 / 1048576.0,
+                s.tree
+            ))
             .collect::<Vec<_>>()
             .join(" ")
     );
@@ -196,12 +201,15 @@ pub fn run(agent_bin: &Path, log_dir: &Path, minutes: u32) -> Result<(Vec<Row>, 
                 warm_up.as_secs_f64() / 60.0
             ),
             format!(
-                "{:+.2} MiB ({:.1} -> {:.1} MiB; least-squares {:+.3} MiB/min; max {:.1} MiB)",
+                "{:+.2} MiB ({:.1} -> {:.1} MiB; least-squares {:+.3} MiB/min; max {:.1} MiB; \
+                 tree {} -> {} processes)",
                 rss.growth / 1048576.0,
                 rss.from / 1048576.0,
                 rss.to / 1048576.0,
                 rss.slope_per_minute / 1048576.0,
-                rss.max / 1048576.0
+                rss.max / 1048576.0,
+                rss.tree_from,
+                rss.tree_to
             ),
             Some(Target {
                 text: "<= +2 MiB".into(),
@@ -369,15 +377,22 @@ fn print_clients(tallies: &[Tally], truth: &Truth) {
     print_table(&table);
 }
 
+/// One RSS sample, with the size of the agent's process tree then: RSS follows the number of
+/// processes on the machine (other sessions' included), which a soak does not control.
+struct RssSample {
+    at: Duration,
+    bytes: u64,
+    tree: f64,
+}
+
 /// Scrapes /metrics every second and samples RSS every [`RSS_EVERY`] until `soak` has
-/// passed. Returns the RSS samples (time since start, bytes) and each scrape's latency in
-/// seconds (None for a failed one).
-#[allow(clippy::type_complexity, reason = "two plain series, named in the doc")]
+/// passed. Returns the RSS samples and each scrape's latency in seconds (None for a failed
+/// one).
 fn watch(
     agent: &mut Agent,
     started: Instant,
     soak: Duration,
-) -> Result<(Vec<(Duration, u64)>, Vec<Option<f64>>)> {
+) -> Result<(Vec<RssSample>, Vec<Option<f64>>)> {
     let (mut samples, mut scrapes) = (Vec::new(), Vec::new());
     let mut next_rss = Duration::ZERO;
     let mut second = 0;
@@ -386,24 +401,40 @@ fn watch(
         if !agent.running() {
             bail!("the agent died {:?} into the soak", started.elapsed());
         }
+        let scrape = agent.metrics().ok();
+        scrapes.push(scrape.as_ref().map(|r| r.elapsed.as_secs_f64()));
         if started.elapsed() >= next_rss {
             next_rss += RSS_EVERY;
-            let rss = agent.rss_bytes()?;
+            let sample = rss_sample(agent, started, scrape.as_ref())?;
             eprintln!(
-                "soak {:>4.0} s: agent RSS {:.1} MiB",
-                started.elapsed().as_secs_f64(),
-                rss as f64 / 1048576.0
+                "soak {:>4.0} s: agent RSS {:.1} MiB, {} processes in its tree",
+                sample.at.as_secs_f64(),
+                sample.bytes as f64 / 1048576.0,
+                sample.tree
             );
-            samples.push((started.elapsed(), rss));
+            samples.push(sample);
         }
-        scrapes.push(agent.metrics().ok().map(|r| r.elapsed.as_secs_f64()));
         second += 1;
         let next = started + Duration::from_secs(second);
         thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    let rss = agent.rss_bytes()?;
-    samples.push((started.elapsed(), rss));
+    samples.push(rss_sample(agent, started, agent.metrics().ok().as_ref())?);
     Ok((samples, scrapes))
+}
+
+fn rss_sample(
+    agent: &Agent,
+    started: Instant,
+    scrape: Option<&prom::Response>,
+) -> Result<RssSample> {
+    let tree = scrape
+        .and_then(|r| prom::parse(&r.body).ok())
+        .map_or(f64::NAN, |m| m.sum("procmon_tree_processes", &[]));
+    Ok(RssSample {
+        at: started.elapsed(),
+        bytes: agent.rss_bytes()?,
+        tree,
+    })
 }
 
 /// Waits until no client has received anything for [`QUIET`] (at most [`CATCH_UP`]), so
@@ -433,19 +464,22 @@ struct RssVerdict {
     growth: f64,
     slope_per_minute: f64,
     max: f64,
+    /// Processes in the agent's tree at the first and last sample compared.
+    tree_from: f64,
+    tree_to: f64,
 }
 
 /// Growth from the first sample at or after `warm_up` to the last, and the least-squares
 /// slope over those samples.
-fn rss_verdict(samples: &[(Duration, u64)], warm_up: Duration) -> RssVerdict {
-    let after: Vec<(f64, f64)> = samples
+fn rss_verdict(samples: &[RssSample], warm_up: Duration) -> RssVerdict {
+    let kept: Vec<&RssSample> = samples.iter().filter(|s| s.at >= warm_up).collect();
+    let after: Vec<(f64, f64)> = kept
         .iter()
-        .filter(|(t, _)| *t >= warm_up)
-        .map(|(t, b)| (t.as_secs_f64() / 60.0, *b as f64))
+        .map(|s| (s.at.as_secs_f64() / 60.0, s.bytes as f64))
         .collect();
-    let (from, to) = match (after.first(), after.last()) {
-        (Some(f), Some(l)) => (f.1, l.1),
-        _ => (f64::NAN, f64::NAN),
+    let (from, to, tree_from, tree_to) = match (kept.first(), kept.last()) {
+        (Some(f), Some(l)) => (f.bytes as f64, l.bytes as f64, f.tree, l.tree),
+        _ => (f64::NAN, f64::NAN, f64::NAN, f64::NAN),
     };
     let n = after.len() as f64;
     let (mx, my) = (
@@ -459,7 +493,9 @@ fn rss_verdict(samples: &[(Duration, u64)], warm_up: Duration) -> RssVerdict {
         to,
         growth: to - from,
         slope_per_minute: sxy / sxx,
-        max: samples.iter().map(|s| s.1 as f64).fold(0.0, f64::max),
+        max: samples.iter().map(|s| s.bytes as f64).fold(0.0, f64::max),
+        tree_from,
+        tree_to,
     }
 }
 
@@ -548,18 +584,18 @@ mod tests {
     #[test]
     fn rss_growth_after_warm_up() {
         let mib = 1048576;
-        let samples: Vec<(Duration, u64)> = (0..=6)
-            .map(|i| {
-                (
-                    Duration::from_secs(i * 60),
-                    [40, 50, 50, 51, 50, 51, 51][i as usize] * mib,
-                )
+        let samples: Vec<RssSample> = (0..=6)
+            .map(|i| RssSample {
+                at: Duration::from_secs(i * 60),
+                bytes: [40, 50, 50, 51, 50, 51, 51][i as usize] * mib,
+                tree: 100.0 + i as f64,
             })
             .collect();
         let v = rss_verdict(&samples, Duration::from_secs(120));
         assert_eq!((v.from, v.to), (50.0 * mib as f64, 51.0 * mib as f64));
         assert_eq!(v.growth, mib as f64);
         assert_eq!(v.max, 51.0 * mib as f64);
+        assert_eq!((v.tree_from, v.tree_to), (102.0, 106.0));
         assert!(v.slope_per_minute > 0.0 && v.slope_per_minute < mib as f64);
     }
 }
