@@ -19,6 +19,7 @@ mod clients;
 mod load;
 
 use std::{
+    collections::HashMap,
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -290,9 +291,6 @@ struct Truth {
 fn client_problems(tally: &Tally, truth: &Truth) -> Vec<String> {
     let mut problems = Vec::new();
     let allowance = tally.dropped as f64 + truth.lost;
-    let seen_of = |set: &std::collections::HashSet<u32>, made: &[u32]| {
-        made.iter().filter(|p| set.contains(p)).count() as u64
-    };
     let mut check = |what: &str, seen: u64, made: u64, extra: u64| {
         if seen > made || extra > 0 {
             problems.push(format!(
@@ -309,20 +307,10 @@ fn client_problems(tally: &Tally, truth: &Truth) -> Vec<String> {
         check("storm forks", tally.storm_forks, truth.forks, 0);
         check("storm exits", tally.storm_exits, truth.forks, 0);
     }
-    let crashes = seen_of(&tally.crashes, &truth.crashes);
-    check(
-        "crashes",
-        crashes,
-        truth.crashes.len() as u64,
-        tally.crashes.len() as u64 - crashes,
-    );
-    let ooms = seen_of(&tally.oom_kills, &truth.oom_victims);
-    check(
-        "OOM kills",
-        ooms,
-        truth.oom_victims.len() as u64,
-        tally.oom_kills.len() as u64 - ooms,
-    );
+    let (crashes, extra) = matched(&tally.crashes, &truth.crashes);
+    check("crashes", crashes, truth.crashes.len() as u64, extra);
+    let (ooms, extra) = matched(&tally.oom_kills, &truth.oom_victims);
+    check("OOM kills", ooms, truth.oom_victims.len() as u64, extra);
     if !tally.filtered && tally.id_gaps != tally.dropped {
         problems.push(format!(
             "{} events missing from the ids, {} announced as dropped",
@@ -333,6 +321,19 @@ fn client_problems(tally: &Tally, truth: &Truth) -> Vec<String> {
         problems.push("the stream ended before the soak closed it".into());
     }
     problems
+}
+
+/// Events seen (by pid) that match children made (pids, repeats allowed), and the events
+/// beyond those: for a pid, at most as many events match as children had it.
+fn matched(seen: &HashMap<u32, u64>, made: &[u32]) -> (u64, u64) {
+    let mut made_per_pid: HashMap<u32, u64> = HashMap::new();
+    for &pid in made {
+        *made_per_pid.entry(pid).or_default() += 1;
+    }
+    seen.iter().fold((0, 0), |(matched, extra), (pid, &n)| {
+        let m = n.min(made_per_pid.get(pid).copied().unwrap_or(0));
+        (matched + m, extra + n - m)
+    })
 }
 
 fn print_clients(tallies: &[Tally], truth: &Truth) {
@@ -362,8 +363,8 @@ fn print_clients(tallies: &[Tally], truth: &Truth) {
             },
             t.storm_forks.to_string(),
             t.storm_exits.to_string(),
-            t.crashes.len().to_string(),
-            t.oom_kills.len().to_string(),
+            t.crashes.values().sum::<u64>().to_string(),
+            t.oom_kills.values().sum::<u64>().to_string(),
             if problems.is_empty() { "ok" } else { "FAILED" }.into(),
         ]);
     }
@@ -520,7 +521,8 @@ mod tests {
     fn truth() -> Truth {
         Truth {
             forks: 100,
-            crashes: vec![1, 2, 3],
+            // Pid 3 twice: pids wrap during a storm.
+            crashes: vec![1, 2, 3, 3],
             oom_victims: vec![9],
             lost: 0.0,
         }
@@ -530,8 +532,8 @@ mod tests {
         Tally {
             storm_forks: 100,
             storm_exits: 100,
-            crashes: [1, 2, 3].into(),
-            oom_kills: [9].into(),
+            crashes: [(1, 1), (2, 1), (3, 2)].into(),
+            oom_kills: [(9, 1)].into(),
             ..Tally::default()
         }
     }
@@ -555,7 +557,7 @@ mod tests {
         assert_eq!(client_problems(&t, &truth()).len(), 1);
         // Lost by the agent (ring buffer full): counted.
         let mut t = complete();
-        t.crashes.remove(&2);
+        t.crashes.insert(3, 1);
         assert_eq!(client_problems(&t, &truth()).len(), 1);
         let lost = Truth {
             lost: 1.0,
@@ -568,14 +570,14 @@ mod tests {
     fn more_than_was_made_fails() {
         let mut t = complete();
         t.storm_forks = 101;
-        t.crashes.insert(4);
+        t.crashes.insert(3, 3);
         assert_eq!(client_problems(&t, &truth()).len(), 2);
         // Filtered clients are not asked about the storm, and have no id sequence.
         let filtered = Tally {
             filtered: true,
             id_gaps: 5,
-            crashes: [1, 2, 3].into(),
-            oom_kills: [9].into(),
+            crashes: [(1, 1), (2, 1), (3, 2)].into(),
+            oom_kills: [(9, 1)].into(),
             ..Tally::default()
         };
         assert!(client_problems(&filtered, &truth()).is_empty());

@@ -3,7 +3,7 @@
 //! storm read tens of thousands of messages a second on two cores, and JSON parsing there
 //! would make the clients, not the agent, the bottleneck.
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     io::{BufRead, BufReader, Write},
     net::{Shutdown, SocketAddr, TcpStream},
     sync::{
@@ -26,9 +26,10 @@ pub struct Tally {
     /// Fork and exit events of the storm's children.
     pub storm_forks: u64,
     pub storm_exits: u64,
-    /// Pids of `crash` events of the soak's SIGSEGV children, `oom_kill` events of its victims.
-    pub crashes: HashSet<u32>,
-    pub oom_kills: HashSet<u32>,
+    /// `crash` events of the soak's SIGSEGV children and `oom_kill` events of its victims,
+    /// counted by pid (pids wrap at pid_max during a storm: one pid can be two children).
+    pub crashes: HashMap<u32, u64>,
+    pub oom_kills: HashMap<u32, u64>,
     /// Sum of N over the `event: dropped` / `{"dropped":N}` notices.
     pub dropped: u64,
     /// Events missing from the sequence of `id:`s (unfiltered clients only: a filter skips ids).
@@ -145,9 +146,9 @@ impl Tally {
             "crash" | "oom_kill" if number(data, "ppid") == Some(subjects.parent.into()) => {
                 let pid = number(data, "pid").unwrap_or(0) as u32;
                 if event == "crash" && has_comm(data, SEGV_COMM) {
-                    self.crashes.insert(pid);
+                    *self.crashes.entry(pid).or_default() += 1;
                 } else if event == "oom_kill" && has_comm(data, OOM_COMM) {
-                    self.oom_kills.insert(pid);
+                    *self.oom_kills.entry(pid).or_default() += 1;
                 }
             }
             _ => {}
@@ -209,8 +210,8 @@ mod tests {
         );
         t.count("dropped", r#"{"dropped":12}"#, SUBJECTS);
         assert_eq!((t.storm_forks, t.storm_exits), (1, 1));
-        assert_eq!(t.crashes, [77].into());
-        assert_eq!(t.oom_kills, [78].into());
+        assert_eq!(t.crashes, [(77, 2)].into());
+        assert_eq!(t.oom_kills, [(78, 1)].into());
         assert_eq!(t.dropped, 12);
     }
 
