@@ -113,15 +113,26 @@ impl Agent {
 
     /// Resident memory (anonymous and file-backed) from /proc/PID/status.
     pub fn rss_bytes(&self) -> Result<u64> {
+        self.status_bytes("VmRSS")
+    }
+
+    /// Resident anonymous memory (heap, stacks): RSS without the file pages the agent maps
+    /// (its binary, and the binaries and debug info the symbolizer reads), which the kernel
+    /// can drop and which other processes share.
+    pub fn rss_anon_bytes(&self) -> Result<u64> {
+        self.status_bytes("RssAnon")
+    }
+
+    fn status_bytes(&self, field: &str) -> Result<u64> {
         let pid = self.child.id();
         let status = fs::read_to_string(format!("/proc/{pid}/status"))
             .with_context(|| format!("cannot read /proc/{pid}/status: did the agent die?"))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
-            .context("no VmRSS in /proc/PID/status")
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))
     }
 
     /// Whether the agent process is still running (not exited, not reaped).

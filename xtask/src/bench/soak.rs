@@ -143,15 +143,18 @@ pub fn run(agent_bin: &Path, log_dir: &Path, minutes: u32) -> Result<(Vec<Row>, 
         );
     }
     let rss = rss_verdict(&samples, warm_up);
-    println!("\nagent RSS every {RSS_EVERY:?} (seconds: MiB / processes in its tree)");
+    println!(
+        "\nagent RSS every {RSS_EVERY:?} (seconds: MiB / anonymous MiB / processes in its tree)"
+    );
     println!(
         "{}",
         samples
             .iter()
             .map(|s| format!(
-                "{:.0}s:{:.1}/{}",
+                "{:.0}s:{:.1}/{:.1}/{}",
                 s.at.as_secs_f64(),
                 s.bytes as f64 / 1048576.0,
+                s.anon as f64 / 1048576.0,
                 s.tree
             ))
             .collect::<Vec<_>>()
@@ -202,11 +205,12 @@ pub fn run(agent_bin: &Path, log_dir: &Path, minutes: u32) -> Result<(Vec<Row>, 
                 warm_up.as_secs_f64() / 60.0
             ),
             format!(
-                "{:+.2} MiB ({:.1} -> {:.1} MiB; least-squares {:+.3} MiB/min; max {:.1} MiB; \
-                 tree {} -> {} processes)",
+                "{:+.2} MiB ({:.1} -> {:.1} MiB; anonymous {:+.2} MiB; least-squares {:+.3} \
+                 MiB/min; max {:.1} MiB; tree {} -> {} processes)",
                 rss.growth / 1048576.0,
                 rss.from / 1048576.0,
                 rss.to / 1048576.0,
+                rss.anon_growth / 1048576.0,
                 rss.slope_per_minute / 1048576.0,
                 rss.max / 1048576.0,
                 rss.tree_from,
@@ -383,6 +387,8 @@ fn print_clients(tallies: &[Tally], truth: &Truth) {
 struct RssSample {
     at: Duration,
     bytes: u64,
+    /// The anonymous part of `bytes`.
+    anon: u64,
     tree: f64,
 }
 
@@ -408,9 +414,11 @@ fn watch(
             next_rss += RSS_EVERY;
             let sample = rss_sample(agent, started, scrape.as_ref())?;
             eprintln!(
-                "soak {:>4.0} s: agent RSS {:.1} MiB, {} processes in its tree",
+                "soak {:>4.0} s: agent RSS {:.1} MiB ({:.1} MiB anonymous), {} processes in \
+                 its tree",
                 sample.at.as_secs_f64(),
                 sample.bytes as f64 / 1048576.0,
+                sample.anon as f64 / 1048576.0,
                 sample.tree
             );
             samples.push(sample);
@@ -434,6 +442,7 @@ fn rss_sample(
     Ok(RssSample {
         at: started.elapsed(),
         bytes: agent.rss_bytes()?,
+        anon: agent.rss_anon_bytes()?,
         tree,
     })
 }
@@ -463,6 +472,8 @@ struct RssVerdict {
     from: f64,
     to: f64,
     growth: f64,
+    /// Growth of the anonymous part over the same samples.
+    anon_growth: f64,
     slope_per_minute: f64,
     max: f64,
     /// Processes in the agent's tree at the first and last sample compared.
@@ -478,9 +489,15 @@ fn rss_verdict(samples: &[RssSample], warm_up: Duration) -> RssVerdict {
         .iter()
         .map(|s| (s.at.as_secs_f64() / 60.0, s.bytes as f64))
         .collect();
-    let (from, to, tree_from, tree_to) = match (kept.first(), kept.last()) {
-        (Some(f), Some(l)) => (f.bytes as f64, l.bytes as f64, f.tree, l.tree),
-        _ => (f64::NAN, f64::NAN, f64::NAN, f64::NAN),
+    let (from, to, anon_growth, tree_from, tree_to) = match (kept.first(), kept.last()) {
+        (Some(f), Some(l)) => (
+            f.bytes as f64,
+            l.bytes as f64,
+            l.anon as f64 - f.anon as f64,
+            f.tree,
+            l.tree,
+        ),
+        _ => (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN),
     };
     let n = after.len() as f64;
     let (mx, my) = (
@@ -493,6 +510,7 @@ fn rss_verdict(samples: &[RssSample], warm_up: Duration) -> RssVerdict {
         from,
         to,
         growth: to - from,
+        anon_growth,
         slope_per_minute: sxy / sxx,
         max: samples.iter().map(|s| s.bytes as f64).fold(0.0, f64::max),
         tree_from,
@@ -590,6 +608,7 @@ mod tests {
             .map(|i| RssSample {
                 at: Duration::from_secs(i * 60),
                 bytes: [40, 50, 50, 51, 50, 51, 51][i as usize] * mib,
+                anon: 10 * mib + i * mib,
                 tree: 100.0 + i as f64,
             })
             .collect();
@@ -598,6 +617,7 @@ mod tests {
         assert_eq!(v.growth, mib as f64);
         assert_eq!(v.max, 51.0 * mib as f64);
         assert_eq!((v.tree_from, v.tree_to), (102.0, 106.0));
+        assert_eq!(v.anon_growth, 4.0 * mib as f64);
         assert!(v.slope_per_minute > 0.0 && v.slope_per_minute < mib as f64);
     }
 }
