@@ -20,6 +20,7 @@ mod exec_loop;
 mod exporter;
 mod idle;
 mod kstat;
+mod no_idle;
 mod overhead;
 mod peers;
 mod procpoll;

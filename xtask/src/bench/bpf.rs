@@ -1,11 +1,13 @@
-//! What the agent's probes cost, from the kernel's own accounting. With
-//! kernel.bpf_stats_enabled=1 the kernel times every run of every BPF program (`run_time_ns`,
+//! What the agent's probes cost, from the kernel's own accounting. With run-time statistics
+//! on (kernel.bpf_stats_enabled=1, or a BPF_ENABLE_STATS fd) the kernel times every run of
+//! every BPF program (`run_time_ns`,
 //! `run_cnt`, which `bpftool prog show --json` reports). Unlike throughput, these figures do not
 //! swing with whatever else the machine is doing: they are the CPU the probes take, charged to
 //! the tasks that fork, exec, exit and switch.
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
+    os::fd::{FromRawFd, OwnedFd},
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -15,37 +17,55 @@ use serde_json::Value;
 
 use crate::cmd;
 
-const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// `BPF_ENABLE_STATS` in `enum bpf_cmd` (include/uapi/linux/bpf.h, Linux 5.8).
+const BPF_ENABLE_STATS: libc::c_long = 32;
+/// `BPF_STATS_RUN_TIME` in `enum bpf_stats_type`.
+const BPF_STATS_RUN_TIME: u32 = 0;
 
-/// Keeps kernel.bpf_stats_enabled on while alive and puts the previous value back when dropped,
-/// also when the bench fails half-way: the stats cost two clock reads per program run, which
-/// nobody should keep paying after the bench.
+/// Keeps the kernel's BPF run-time statistics on while alive, through a `BPF_ENABLE_STATS`
+/// fd rather than the kernel.bpf_stats_enabled sysctl. The kernel counts each holder: stats
+/// stay on while any fd or the sysctl asks for them, so another session's bench that sets
+/// the sysctl back to 0 when it ends cannot switch them off mid-run (it did: every figure
+/// after its second round read 0), and closing the fd (also when xtask dies) switches them
+/// off unless someone else still wants them: the stats cost two clock reads per program
+/// run, which nobody should keep paying after the bench.
 pub struct StatsEnabled {
-    previous: String,
+    _fd: OwnedFd,
 }
 
 impl StatsEnabled {
     pub fn enable() -> Result<StatsEnabled> {
-        let previous = fs::read_to_string(STATS_SYSCTL)
-            .with_context(|| format!("cannot read {STATS_SYSCTL}: is this a BPF-capable kernel?"))?
-            .trim()
-            .to_string();
-        if previous != "1" {
-            eprintln!("$ sysctl -w kernel.bpf_stats_enabled=1 (was {previous})");
-            fs::write(STATS_SYSCTL, "1")
-                .with_context(|| format!("cannot write {STATS_SYSCTL} (needs root)"))?;
+        // union bpf_attr, as far as BPF_ENABLE_STATS reads it: `enable_stats.type`.
+        let attr: u32 = BPF_STATS_RUN_TIME;
+        // SAFETY: bpf(2) reads `size` bytes from a live, initialised u32.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                &attr as *const u32,
+                std::mem::size_of::<u32>() as u32,
+            )
+        };
+        if fd < 0 {
+            bail!(
+                "cannot enable BPF run-time statistics (bpf BPF_ENABLE_STATS): {}; needs root \
+                 (CAP_SYS_ADMIN) and Linux 5.8 or later",
+                std::io::Error::last_os_error()
+            );
         }
-        // Ctrl-C would kill xtask without unwinding, leaving the stats on. With a handler, xtask
-        // lives on: the children (exec resets handled signals to the default) get the same
-        // SIGINT and stop, and the bench checks `interrupted()` after each run, so the error
-        // unwinds through this guard's Drop.
+        // SAFETY: the kernel just returned this fd, and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // Ctrl-C would kill xtask without unwinding (the fd closes anyway, but the agent's
+        // and the peers' logs would be cut short). With a handler, xtask lives on: the
+        // children (exec resets handled signals to the default) get the same SIGINT and stop,
+        // and the bench checks `interrupted()` after each run, so the error unwinds.
         extern "C" fn note(_: libc::c_int) {
             INTERRUPTED.store(true, Ordering::SeqCst);
         }
         let handler: extern "C" fn(libc::c_int) = note;
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
-        Ok(StatsEnabled { previous })
+        Ok(StatsEnabled { _fd: fd })
     }
 }
 
@@ -63,16 +83,6 @@ impl Drop for StatsEnabled {
     fn drop(&mut self) {
         // SAFETY: restores the default action installed at exec.
         unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
-        if self.previous == "1" {
-            return;
-        }
-        eprintln!("$ sysctl -w kernel.bpf_stats_enabled={}", self.previous);
-        if let Err(e) = fs::write(STATS_SYSCTL, &self.previous) {
-            eprintln!(
-                "warning: cannot restore {STATS_SYSCTL} to {}: {e}",
-                self.previous
-            );
-        }
     }
 }
 

@@ -8,13 +8,18 @@
 //!
 //! Deterministic besides: the kernel's accounting of every BPF program's run time (bpf.rs),
 //! per program, and per fork+exit for the storms that make processes.
+//!
+//! Every arm runs with a SCHED_IDLE spinner per CPU (no_idle.rs): on this VM an idle CPU
+//! halts, and without them "no tracer" was the slowest arm.
 mod summary;
 
 use std::path::Path;
 
 use anyhow::Result;
 
-use super::{agent::Agent, bpf, exec_loop, kstat, peers::Peers, report::Row, stress};
+use super::{
+    agent::Agent, bpf, exec_loop, kstat, no_idle::NoIdle, peers::Peers, report::Row, stress,
+};
 
 /// What a storm generates.
 pub enum Load {
@@ -131,6 +136,8 @@ pub fn run(
     // Restores the previous setting when dropped, on success and on error alike. Only for this
     // benchmark: the stats time every program run, the sampling pass's iterator included.
     let _bpf_stats = bpf::StatsEnabled::enable()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let no_idle = NoIdle::start(cores)?;
     let mut results: Vec<Vec<Round>> = STORMS.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds as usize {
         let order = [0, 1, 2].map(|i| ARMS[(i + round) % ARMS.len()]);
@@ -152,7 +159,7 @@ pub fn run(
             });
         }
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    drop(no_idle);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for (storm, results) in STORMS.iter().zip(&results) {
@@ -236,7 +243,10 @@ fn run_arm(
             run
         }
     };
-    let bpf_seconds: f64 = run.probes.iter().map(|p| p.run_time_ns as f64 / 1e9).sum();
+    let bpf_seconds = run
+        .probes
+        .iter()
+        .fold(0.0, |s, p| s + p.run_time_ns as f64 / 1e9);
     eprintln!(
         "{}: {:.1} {}, BPF {bpf_seconds:.4} s, tracer CPU {:.2} s, {} forks, {} switches, {} lost",
         arm.label(),
