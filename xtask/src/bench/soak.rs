@@ -17,9 +17,10 @@
 //!   `procmon_sse_dropped_events_total`.
 mod clients;
 mod load;
+mod losses;
+mod rss;
 
 use std::{
-    collections::HashMap,
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -36,9 +37,10 @@ use super::{
     agent::Agent,
     prom,
     report::{quantile, Row, Target},
-    table::{cells, print_table},
 };
 use clients::{Subjects, Tally};
+use losses::{client_problems, print_clients, Truth};
+use rss::{rss_verdict, RssSample};
 
 const CLIENTS: usize = 50;
 const FILTERED_PATH: &str = "/events?kind=crash,oom_kill";
@@ -279,119 +281,6 @@ pub fn run(agent_bin: &Path, log_dir: &Path, minutes: u32) -> Result<(Vec<Row>, 
     Ok((rows, notes))
 }
 
-/// What the soak made, and what the agent says it lost.
-struct Truth {
-    forks: u64,
-    crashes: Vec<u32>,
-    oom_victims: Vec<u32>,
-    lost: f64,
-}
-
-/// Why `tally` fails "every loss counted", empty if it passes. For each kind of event the soak
-/// made (storm forks and exits for unfiltered clients, crashes and OOM kills for all): the
-/// client saw no more than was made, and what it missed is at most the agent's own count of
-/// lost events plus the drops announced to this client. An unfiltered client sees every
-/// event's `id:`, so its gaps must equal the drops announced to it, exactly.
-fn client_problems(tally: &Tally, truth: &Truth) -> Vec<String> {
-    let mut problems = Vec::new();
-    let allowance = tally.dropped as f64 + truth.lost;
-    let mut check = |what: &str, seen: u64, made: u64, extra: u64| {
-        if seen > made || extra > 0 {
-            problems.push(format!(
-                "{what}: saw {seen} + {extra} unknown of {made} made"
-            ));
-        } else if (made - seen) as f64 > allowance {
-            problems.push(format!(
-                "{what}: missed {} of {made}, but only {allowance} losses were counted",
-                made - seen
-            ));
-        }
-    };
-    if !tally.filtered {
-        check("storm forks", tally.storm_forks, truth.forks, 0);
-        check("storm exits", tally.storm_exits, truth.forks, 0);
-    }
-    let (crashes, extra) = matched(&tally.crashes, &truth.crashes);
-    check("crashes", crashes, truth.crashes.len() as u64, extra);
-    let (ooms, extra) = matched(&tally.oom_kills, &truth.oom_victims);
-    check("OOM kills", ooms, truth.oom_victims.len() as u64, extra);
-    if !tally.filtered && tally.id_gaps != tally.dropped {
-        problems.push(format!(
-            "{} events missing from the ids, {} announced as dropped",
-            tally.id_gaps, tally.dropped
-        ));
-    }
-    if tally.cut_off {
-        problems.push("the stream ended before the soak closed it".into());
-    }
-    problems
-}
-
-/// Events seen (by pid) that match children made (pids, repeats allowed), and the events
-/// beyond those: for a pid, at most as many events match as children had it.
-fn matched(seen: &HashMap<u32, u64>, made: &[u32]) -> (u64, u64) {
-    let mut made_per_pid: HashMap<u32, u64> = HashMap::new();
-    for &pid in made {
-        *made_per_pid.entry(pid).or_default() += 1;
-    }
-    seen.iter().fold((0, 0), |(matched, extra), (pid, &n)| {
-        let m = n.min(made_per_pid.get(pid).copied().unwrap_or(0));
-        (matched + m, extra + n - m)
-    })
-}
-
-fn print_clients(tallies: &[Tally], truth: &Truth) {
-    let mut table = vec![cells([
-        "client",
-        "filter",
-        "messages",
-        "dropped",
-        "id gaps",
-        "storm forks",
-        "storm exits",
-        "crashes",
-        "OOM kills",
-        "verdict",
-    ])];
-    for (i, t) in tallies.iter().enumerate() {
-        let problems = client_problems(t, truth);
-        table.push(vec![
-            (i + 1).to_string(),
-            if t.filtered { "crash,oom_kill" } else { "all" }.into(),
-            t.messages.to_string(),
-            t.dropped.to_string(),
-            if t.filtered {
-                "-".into()
-            } else {
-                t.id_gaps.to_string()
-            },
-            t.storm_forks.to_string(),
-            t.storm_exits.to_string(),
-            t.crashes.values().sum::<u64>().to_string(),
-            t.oom_kills.values().sum::<u64>().to_string(),
-            if problems.is_empty() { "ok" } else { "FAILED" }.into(),
-        ]);
-    }
-    println!(
-        "\nsoak: /events clients (made: {} storm forks, {} crashes, {} OOM kills; agent lost {})",
-        truth.forks,
-        truth.crashes.len(),
-        truth.oom_victims.len(),
-        truth.lost
-    );
-    print_table(&table);
-}
-
-/// One RSS sample, with the size of the agent's process tree then: RSS follows the number of
-/// processes on the machine (other sessions' included), which a soak does not control.
-struct RssSample {
-    at: Duration,
-    bytes: u64,
-    /// The anonymous part of `bytes`.
-    anon: u64,
-    tree: f64,
-}
-
 /// Scrapes /metrics every second and samples RSS every [`RSS_EVERY`] until `soak` has
 /// passed. Returns the RSS samples and each scrape's latency in seconds (None for a failed
 /// one).
@@ -468,56 +357,6 @@ fn catch_up(clients: &[clients::Client]) {
     }
 }
 
-struct RssVerdict {
-    from: f64,
-    to: f64,
-    growth: f64,
-    /// Growth of the anonymous part over the same samples.
-    anon_growth: f64,
-    slope_per_minute: f64,
-    max: f64,
-    /// Processes in the agent's tree at the first and last sample compared.
-    tree_from: f64,
-    tree_to: f64,
-}
-
-/// Growth from the first sample at or after `warm_up` to the last, and the least-squares
-/// slope over those samples.
-fn rss_verdict(samples: &[RssSample], warm_up: Duration) -> RssVerdict {
-    let kept: Vec<&RssSample> = samples.iter().filter(|s| s.at >= warm_up).collect();
-    let after: Vec<(f64, f64)> = kept
-        .iter()
-        .map(|s| (s.at.as_secs_f64() / 60.0, s.bytes as f64))
-        .collect();
-    let (from, to, anon_growth, tree_from, tree_to) = match (kept.first(), kept.last()) {
-        (Some(f), Some(l)) => (
-            f.bytes as f64,
-            l.bytes as f64,
-            l.anon as f64 - f.anon as f64,
-            f.tree,
-            l.tree,
-        ),
-        _ => (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN),
-    };
-    let n = after.len() as f64;
-    let (mx, my) = (
-        after.iter().map(|p| p.0).sum::<f64>() / n,
-        after.iter().map(|p| p.1).sum::<f64>() / n,
-    );
-    let sxy: f64 = after.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-    let sxx: f64 = after.iter().map(|(x, _)| (x - mx).powi(2)).sum();
-    RssVerdict {
-        from,
-        to,
-        growth: to - from,
-        anon_growth,
-        slope_per_minute: sxy / sxx,
-        max: samples.iter().map(|s| s.bytes as f64).fold(0.0, f64::max),
-        tree_from,
-        tree_to,
-    }
-}
-
 fn wait_for_clients(agent: &Agent) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -529,95 +368,5 @@ fn wait_for_clients(agent: &Agent) -> Result<()> {
             bail!("the agent did not count {CLIENTS} /events clients within 30 s");
         }
         thread::sleep(Duration::from_millis(100));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn truth() -> Truth {
-        Truth {
-            forks: 100,
-            // Pid 3 twice: pids wrap during a storm.
-            crashes: vec![1, 2, 3, 3],
-            oom_victims: vec![9],
-            lost: 0.0,
-        }
-    }
-
-    fn complete() -> Tally {
-        Tally {
-            storm_forks: 100,
-            storm_exits: 100,
-            crashes: [(1, 1), (2, 1), (3, 2)].into(),
-            oom_kills: [(9, 1)].into(),
-            ..Tally::default()
-        }
-    }
-
-    #[test]
-    fn a_client_that_saw_everything_passes() {
-        assert!(client_problems(&complete(), &truth()).is_empty());
-    }
-
-    #[test]
-    fn missing_events_must_be_announced_or_counted_as_lost() {
-        let mut t = complete();
-        t.storm_exits = 90;
-        assert_eq!(client_problems(&t, &truth()).len(), 1);
-        // Announced as dropped, with matching id gaps: counted.
-        t.dropped = 10;
-        t.id_gaps = 10;
-        assert!(client_problems(&t, &truth()).is_empty());
-        // Gaps nobody announced.
-        t.id_gaps = 11;
-        assert_eq!(client_problems(&t, &truth()).len(), 1);
-        // Lost by the agent (ring buffer full): counted.
-        let mut t = complete();
-        t.crashes.insert(3, 1);
-        assert_eq!(client_problems(&t, &truth()).len(), 1);
-        let lost = Truth {
-            lost: 1.0,
-            ..truth()
-        };
-        assert!(client_problems(&t, &lost).is_empty());
-    }
-
-    #[test]
-    fn more_than_was_made_fails() {
-        let mut t = complete();
-        t.storm_forks = 101;
-        t.crashes.insert(3, 3);
-        assert_eq!(client_problems(&t, &truth()).len(), 2);
-        // Filtered clients are not asked about the storm, and have no id sequence.
-        let filtered = Tally {
-            filtered: true,
-            id_gaps: 5,
-            crashes: [(1, 1), (2, 1), (3, 2)].into(),
-            oom_kills: [(9, 1)].into(),
-            ..Tally::default()
-        };
-        assert!(client_problems(&filtered, &truth()).is_empty());
-    }
-
-    #[test]
-    fn rss_growth_after_warm_up() {
-        let mib = 1048576;
-        let samples: Vec<RssSample> = (0..=6)
-            .map(|i| RssSample {
-                at: Duration::from_secs(i * 60),
-                bytes: [40, 50, 50, 51, 50, 51, 51][i as usize] * mib,
-                anon: 10 * mib + i * mib,
-                tree: 100.0 + i as f64,
-            })
-            .collect();
-        let v = rss_verdict(&samples, Duration::from_secs(120));
-        assert_eq!((v.from, v.to), (50.0 * mib as f64, 51.0 * mib as f64));
-        assert_eq!(v.growth, mib as f64);
-        assert_eq!(v.max, 51.0 * mib as f64);
-        assert_eq!((v.tree_from, v.tree_to), (102.0, 106.0));
-        assert_eq!(v.anon_growth, 4.0 * mib as f64);
-        assert!(v.slope_per_minute > 0.0 && v.slope_per_minute < mib as f64);
     }
 }
