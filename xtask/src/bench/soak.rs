@@ -203,8 +203,8 @@ pub fn run(agent_bin: &Path, log_dir: &Path, minutes: u32) -> Result<(Vec<Row>, 
         ),
         row(
             &format!(
-                "RSS growth: last sample - sample at {:.0} min",
-                warm_up.as_secs_f64() / 60.0
+                "RSS growth: last sample - first at or after {:.0} s",
+                warm_up.as_secs_f64()
             ),
             format!(
                 "{:+.2} MiB ({:.1} -> {:.1} MiB; anonymous {:+.2} MiB; least-squares {:+.3} \
