@@ -50,9 +50,15 @@ impl Need {
                  and certificates openssl makes",
             ),
             Need::Bench => (
-                &["stress-ng", "bpftool", "prometheus-process-exporter"],
-                "the benchmarks generate fork storms with stress-ng, read BPF stats with bpftool \
-                 and compare sampling against process-exporter",
+                &[
+                    "stress-ng",
+                    "bpftool",
+                    "prometheus-process-exporter",
+                    "libbpf-tools",
+                ],
+                "the benchmarks generate fork storms with stress-ng, read BPF stats with bpftool, \
+                 compare sampling against process-exporter and tracing against libbpf-tools' \
+                 exitsnoop and execsnoop",
             ),
             Need::Image => (
                 &["buildah"],

@@ -41,7 +41,8 @@ enum Command {
     },
     /// Unit tests, then the privileged end-to-end tests (needs root).
     Test,
-    /// Benchmarks (needs root): fork-storm overhead, sampling 10,000 processes.
+    /// Benchmarks (needs root): tracing overhead against libbpf-tools, sampling 10,000
+    /// processes, CPU sampling, a soak.
     Bench(bench::Options),
     /// Build the agent's container image (localhost/procmon:VERSION) with buildah, from
     /// the release binary and deploy/Containerfile, without a registry.

@@ -111,6 +111,39 @@ impl Agent {
         cpu_seconds(self.child.id()).context("did the agent die?")
     }
 
+    /// Resident memory (anonymous and file-backed) from /proc/PID/status.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        self.status_bytes("VmRSS")
+    }
+
+    /// Resident anonymous memory (heap, stacks): RSS without the file pages the agent maps
+    /// (its binary, and the binaries and debug info the symbolizer reads), which the kernel
+    /// can drop and which other processes share.
+    pub fn rss_anon_bytes(&self) -> Result<u64> {
+        self.status_bytes("RssAnon")
+    }
+
+    fn status_bytes(&self, field: &str) -> Result<u64> {
+        let pid = self.child.id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("cannot read /proc/{pid}/status: did the agent die?"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    }
+
+    /// Whether the agent process is still running (not exited, not reaped).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// SIGTERM, then wait: the contract promises a clean exit (status 0) on it.
     pub fn stop(mut self) -> Result<()> {
         // SAFETY: kill(2) with a pid we spawned and have not reaped yet.

@@ -1,11 +1,13 @@
-//! What the agent's probes cost, from the kernel's own accounting. With
-//! kernel.bpf_stats_enabled=1 the kernel times every run of every BPF program (`run_time_ns`,
+//! What the agent's probes cost, from the kernel's own accounting. With run-time statistics
+//! on (kernel.bpf_stats_enabled=1, or a BPF_ENABLE_STATS fd) the kernel times every run of
+//! every BPF program (`run_time_ns`,
 //! `run_cnt`, which `bpftool prog show --json` reports). Unlike throughput, these figures do not
 //! swing with whatever else the machine is doing: they are the CPU the probes take, charged to
 //! the tasks that fork, exec, exit and switch.
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
+    os::fd::{FromRawFd, OwnedFd},
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -15,37 +17,55 @@ use serde_json::Value;
 
 use crate::cmd;
 
-const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// `BPF_ENABLE_STATS` in `enum bpf_cmd` (include/uapi/linux/bpf.h, Linux 5.8).
+const BPF_ENABLE_STATS: libc::c_long = 32;
+/// `BPF_STATS_RUN_TIME` in `enum bpf_stats_type`.
+const BPF_STATS_RUN_TIME: u32 = 0;
 
-/// Keeps kernel.bpf_stats_enabled on while alive and puts the previous value back when dropped,
-/// also when the bench fails half-way: the stats cost two clock reads per program run, which
-/// nobody should keep paying after the bench.
+/// Keeps the kernel's BPF run-time statistics on while alive, through a `BPF_ENABLE_STATS`
+/// fd rather than the kernel.bpf_stats_enabled sysctl. The kernel counts each holder: stats
+/// stay on while any fd or the sysctl asks for them, so another session's bench that sets
+/// the sysctl back to 0 when it ends cannot switch them off mid-run (it did: every figure
+/// after its second round read 0), and closing the fd (also when xtask dies) switches them
+/// off unless someone else still wants them: the stats cost two clock reads per program
+/// run, which nobody should keep paying after the bench.
 pub struct StatsEnabled {
-    previous: String,
+    _fd: OwnedFd,
 }
 
 impl StatsEnabled {
     pub fn enable() -> Result<StatsEnabled> {
-        let previous = fs::read_to_string(STATS_SYSCTL)
-            .with_context(|| format!("cannot read {STATS_SYSCTL}: is this a BPF-capable kernel?"))?
-            .trim()
-            .to_string();
-        if previous != "1" {
-            eprintln!("$ sysctl -w kernel.bpf_stats_enabled=1 (was {previous})");
-            fs::write(STATS_SYSCTL, "1")
-                .with_context(|| format!("cannot write {STATS_SYSCTL} (needs root)"))?;
+        // union bpf_attr, as far as BPF_ENABLE_STATS reads it: `enable_stats.type`.
+        let attr: u32 = BPF_STATS_RUN_TIME;
+        // SAFETY: bpf(2) reads `size` bytes from a live, initialised u32.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                &attr as *const u32,
+                std::mem::size_of::<u32>() as u32,
+            )
+        };
+        if fd < 0 {
+            bail!(
+                "cannot enable BPF run-time statistics (bpf BPF_ENABLE_STATS): {}; needs root \
+                 (CAP_SYS_ADMIN) and Linux 5.8 or later",
+                std::io::Error::last_os_error()
+            );
         }
-        // Ctrl-C would kill xtask without unwinding, leaving the stats on. With a handler, xtask
-        // lives on: the children (exec resets handled signals to the default) get the same
-        // SIGINT and stop, and the bench checks `interrupted()` after each run, so the error
-        // unwinds through this guard's Drop.
+        // SAFETY: the kernel just returned this fd, and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // Ctrl-C would kill xtask without unwinding (the fd closes anyway, but the agent's
+        // and the peers' logs would be cut short). With a handler, xtask lives on: the
+        // children (exec resets handled signals to the default) get the same SIGINT and stop,
+        // and the bench checks `interrupted()` after each run, so the error unwinds.
         extern "C" fn note(_: libc::c_int) {
             INTERRUPTED.store(true, Ordering::SeqCst);
         }
         let handler: extern "C" fn(libc::c_int) = note;
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
-        Ok(StatsEnabled { previous })
+        Ok(StatsEnabled { _fd: fd })
     }
 }
 
@@ -63,16 +83,6 @@ impl Drop for StatsEnabled {
     fn drop(&mut self) {
         // SAFETY: restores the default action installed at exec.
         unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
-        if self.previous == "1" {
-            return;
-        }
-        eprintln!("$ sysctl -w kernel.bpf_stats_enabled={}", self.previous);
-        if let Err(e) = fs::write(STATS_SYSCTL, &self.previous) {
-            eprintln!(
-                "warning: cannot restore {STATS_SYSCTL} to {}: {e}",
-                self.previous
-            );
-        }
     }
 }
 
@@ -95,15 +105,22 @@ pub struct ProbeCost {
     pub run_time_ns: u64,
 }
 
-/// The agent's lifecycle probes (programs named `sched_*`) as bpftool sees them now.
+/// Every program the agent holds, as bpftool sees them now.
 pub fn snapshot(agent_pid: u32) -> Result<Vec<Prog>> {
-    snapshot_programs(agent_pid, LIFECYCLE)
+    snapshot_programs(&[agent_pid], |_| true)
 }
 
-const LIFECYCLE: fn(&str) -> bool = |name| name.starts_with("sched_");
+/// Whether procmon runs program `name` per process lifecycle (fork, wakeup, exec, exit,
+/// context switch, ...). The exceptions run on timers, not per process: CPU sampling
+/// (`cpu_sample`) and the sampling pass's task iterator (`sample_tasks`). An exclusion list,
+/// so that a lifecycle program added later (sched_process_free, say) is counted unasked.
+pub fn per_lifecycle(name: &str) -> bool {
+    !matches!(name, "cpu_sample" | "sample_tasks")
+}
 
-/// The agent's programs whose (kernel-truncated) name `wanted` accepts.
-pub fn snapshot_programs(agent_pid: u32, wanted: fn(&str) -> bool) -> Result<Vec<Prog>> {
+/// The programs held open by any of `pids` whose (possibly kernel-truncated) name `wanted`
+/// accepts.
+pub fn snapshot_programs(pids: &[u32], wanted: fn(&str) -> bool) -> Result<Vec<Prog>> {
     let mut bpftool = Command::new("bpftool");
     bpftool.args(["prog", "show", "--json"]);
     let out = cmd::output(&mut bpftool)?;
@@ -116,9 +133,10 @@ pub fn snapshot_programs(agent_pid: u32, wanted: fn(&str) -> bool) -> Result<Vec
         );
     }
     let progs = parse_progs(&String::from_utf8_lossy(&out.stdout))?;
-    let probes = agents_probes(progs, agent_pid, &fd_prog_ids(agent_pid), wanted);
+    let fd_ids: HashSet<u32> = pids.iter().flat_map(|&pid| fd_prog_ids(pid)).collect();
+    let probes = owned_programs(progs, pids, &fd_ids, wanted);
     if probes.is_empty() {
-        bail!("bpftool shows none of the agent's programs (pid {agent_pid}) that the benchmark looks for");
+        bail!("bpftool shows none of the programs of pids {pids:?} that the benchmark looks for");
     }
     Ok(probes)
 }
@@ -173,13 +191,14 @@ fn parse_progs(json: &str) -> Result<Vec<Prog>> {
     Ok(progs)
 }
 
-/// Other sessions may run agents or tests with the same probes, so the agent's programs are
-/// picked out: by bpftool's `pids` when it was built with BPF skeletons (Debian's is not); else
-/// by the program ids the agent holds open (/proc/PID/fdinfo); failing both, the newest program
-/// of each name (the agent's were loaded last, unless something loaded probes since).
-fn agents_probes(
+/// Other sessions may run agents, tests or peer tools with the same probes, so the programs
+/// of `owners` are picked out: by bpftool's `pids` when it was built with BPF skeletons
+/// (Debian's is not); else by the program ids they hold open (/proc/PID/fdinfo); failing
+/// both, the newest program of each name (theirs were loaded last, unless something loaded
+/// probes since).
+fn owned_programs(
     progs: Vec<Prog>,
-    agent_pid: u32,
+    owners: &[u32],
     fd_ids: &HashSet<u32>,
     wanted: fn(&str) -> bool,
 ) -> Vec<Prog> {
@@ -188,7 +207,7 @@ fn agents_probes(
         let owned = |p: &Prog| {
             p.pids
                 .as_ref()
-                .is_some_and(|pids| pids.contains(&agent_pid))
+                .is_some_and(|pids| pids.iter().any(|pid| owners.contains(pid)))
         };
         return probes.into_iter().filter(owned).collect();
     }
@@ -208,13 +227,30 @@ fn agents_probes(
 }
 
 /// Ids of the BPF programs (and links, which name their program) open in process `pid`.
-fn fd_prog_ids(pid: u32) -> HashSet<u32> {
+pub fn fd_prog_ids(pid: u32) -> HashSet<u32> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return HashSet::new();
     };
     dir.filter_map(|entry| fs::read_to_string(entry.ok()?.path()).ok())
         .filter_map(|info| parse_fdinfo_prog_id(&info))
         .collect()
+}
+
+/// Ids of the BPF links open in process `pid`: a program is attached once its link exists.
+pub fn fd_link_ids(pid: u32) -> HashSet<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return HashSet::new();
+    };
+    dir.filter_map(|entry| fs::read_to_string(entry.ok()?.path()).ok())
+        .filter_map(|info| parse_fdinfo_link_id(&info))
+        .collect()
+}
+
+fn parse_fdinfo_link_id(fdinfo: &str) -> Option<u32> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("link_id:"))
+        .and_then(|id| id.trim().parse().ok())
 }
 
 fn parse_fdinfo_prog_id(fdinfo: &str) -> Option<u32> {
@@ -237,6 +273,8 @@ mod tests {
 {"id":600,"type":"tracing","name":"sched_switch","run_time_ns":7,"run_cnt":1},
 {"id":601,"type":"kprobe","name":"other","run_time_ns":1,"run_cnt":1}]"#;
 
+    const SCHED: fn(&str) -> bool = |name| name.starts_with("sched_");
+
     fn ids(progs: &[Prog]) -> Vec<u32> {
         progs.iter().map(|p| p.id).collect()
     }
@@ -256,19 +294,32 @@ mod tests {
         let progs = parse_progs(JSON).unwrap();
         let fds: HashSet<u32> = [521, 522, 523].into();
         assert_eq!(
-            ids(&agents_probes(progs.clone(), 1, &fds, LIFECYCLE)),
+            ids(&owned_programs(progs.clone(), &[1], &fds, SCHED)),
             [521, 522, 523]
         );
         // No fd information: the newest program of each name.
         assert_eq!(
-            ids(&agents_probes(progs, 1, &HashSet::new(), LIFECYCLE)),
+            ids(&owned_programs(progs, &[1], &HashSet::new(), SCHED)),
             [523, 522, 600]
         );
         // bpftool's `pids` wins over everything else.
         let with_pids = r#"[{"id":5,"name":"sched_switch","pids":[{"pid":42,"comm":"procmon"}]},
             {"id":6,"name":"sched_switch","pids":[{"pid":7,"comm":"other"}]}]"#;
         let progs = parse_progs(with_pids).unwrap();
-        assert_eq!(ids(&agents_probes(progs, 42, &[6].into(), LIFECYCLE)), [5]);
+        assert_eq!(ids(&owned_programs(progs, &[42], &[6].into(), SCHED)), [5]);
+    }
+
+    #[test]
+    fn programs_of_several_owners_and_the_lifecycle_set() {
+        let progs = parse_progs(JSON).unwrap();
+        let fds: HashSet<u32> = [522, 601].into();
+        assert_eq!(
+            ids(&owned_programs(progs, &[1, 2], &fds, |_| true)),
+            [522, 601]
+        );
+        assert!(per_lifecycle("sched_switch") && per_lifecycle("taskstats_exit"));
+        assert!(per_lifecycle("sched_process_free"));
+        assert!(!per_lifecycle("cpu_sample") && !per_lifecycle("sample_tasks"));
     }
 
     #[test]
@@ -308,5 +359,7 @@ mod tests {
         assert_eq!(parse_fdinfo_prog_id(prog), Some(521));
         assert_eq!(parse_fdinfo_prog_id(link), Some(521));
         assert_eq!(parse_fdinfo_prog_id("pos:\t0\n"), None);
+        assert_eq!(parse_fdinfo_link_id(link), Some(9));
+        assert_eq!(parse_fdinfo_link_id(prog), None);
     }
 }

@@ -8,7 +8,7 @@
 //! `cpu_sample` program's own run time from the kernel's BPF stats.
 use std::{path::Path, thread, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{
     agent::Agent,
@@ -78,15 +78,15 @@ fn one_run(bin: &Path, log: &Path, load: &Workload, hz: u64, seconds: u32) -> Re
         if hz == 0 {
             return Ok(Vec::new());
         }
-        bpf::snapshot_programs(agent.pid(), |name| name == "cpu_sample")
+        bpf::snapshot_programs(&[agent.pid()], |name| name == "cpu_sample")
     };
     let before = sampler()?;
     let cpu_before = agent.cpu_seconds()?;
-    let throughput = stress::run(load, seconds)?;
+    let throughput = stress::run(load.stressor, load.instances, &[], seconds)?;
     bpf::interrupted()?;
     let agent_cpu_seconds = agent.cpu_seconds()? - cpu_before;
     let cost = bpf::difference(&before, &sampler()?);
-    let rss_bytes = rss_bytes(agent.pid())?;
+    let rss_bytes = agent.rss_bytes()?;
     agent.stop()?;
     let (samples, sample_ns) = cost
         .iter()
@@ -105,18 +105,6 @@ fn one_run(bin: &Path, log: &Path, load: &Workload, hz: u64, seconds: u32) -> Re
         samples,
         sample_ns,
     })
-}
-
-/// Resident memory (anonymous and file-backed) from /proc/PID/status.
-fn rss_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("cannot read /proc/{pid}/status: did the agent die?"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .context("no VmRSS in /proc/PID/status")
 }
 
 fn summarize(load: &Workload, runs: &[Run]) -> Vec<Row> {

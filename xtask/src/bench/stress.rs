@@ -3,7 +3,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::Workload;
 use crate::cmd;
 
 /// What one stress-ng run achieved.
@@ -17,12 +16,14 @@ pub struct Throughput {
     pub ops_per_second: f64,
 }
 
-/// Runs the workload once and returns what it achieved.
-pub fn run(workload: &Workload, seconds: u32) -> Result<Throughput> {
+/// Runs `stress-ng --<stressor> <instances> <args>` for `seconds` and returns what it
+/// achieved.
+pub fn run(stressor: &str, instances: u32, args: &[&str], seconds: u32) -> Result<Throughput> {
     let mut stress = Command::new("stress-ng");
     stress
-        .arg(format!("--{}", workload.stressor))
-        .arg(workload.instances.to_string())
+        .arg(format!("--{stressor}"))
+        .arg(instances.to_string())
+        .args(args)
         .arg("--timeout")
         .arg(format!("{seconds}s"))
         .arg("--metrics-brief");
@@ -41,11 +42,8 @@ pub fn run(workload: &Workload, seconds: u32) -> Result<Throughput> {
             out.status
         );
     }
-    parse_metrics(&text, workload.stressor).with_context(|| {
-        format!(
-            "cannot find the {} throughput in stress-ng's output:\n{text}",
-            workload.stressor
-        )
+    parse_metrics(&text, stressor).with_context(|| {
+        format!("cannot find the {stressor} throughput in stress-ng's output:\n{text}")
     })
 }
 
