@@ -495,6 +495,14 @@ impl Drop for Workload {
     }
 }
 
+/// How many events of one `kind` have parent `ppid`.
+pub fn count_children(events: &[Value], kind: &str, ppid: u32) -> usize {
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind && e["ppid"] == ppid)
+        .count()
+}
+
 /// Events of one `kind` for one `pid`.
 pub fn events_for<'a>(events: &'a [Value], kind: &str, pid: u32) -> Vec<&'a Value> {
     events

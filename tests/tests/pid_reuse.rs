@@ -7,7 +7,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use procmon_tests::{as_pid, require_root, wait_for, Agent, Workload};
+use procmon_tests::{as_pid, count_children, require_root, wait_for, Agent, Workload};
 use serde_json::Value;
 
 const CHILDREN: usize = 4000;
@@ -55,13 +55,6 @@ impl Drop for NarrowPids {
     }
 }
 
-fn count(events: &[Value], kind: &str, ppid: u32) -> usize {
-    events
-        .iter()
-        .filter(|e| e["kind"] == kind && e["ppid"] == ppid)
-        .count()
-}
-
 #[test]
 fn pids_reused_within_a_tick_stay_distinct_processes() {
     if !require_root("pid_reuse::pids_reused_within_a_tick_stay_distinct_processes") {
@@ -87,9 +80,9 @@ fn pids_reused_within_a_tick_stay_distinct_processes() {
         }
     }
     let complete = |ev: &[Value]| {
-        roots
-            .iter()
-            .all(|&r| count(ev, "fork", r) >= CHILDREN && count(ev, "exit", r) >= CHILDREN)
+        roots.iter().all(|&r| {
+            count_children(ev, "fork", r) >= CHILDREN && count_children(ev, "exit", r) >= CHILDREN
+        })
     };
     let events = wait_for(TIMEOUT, || Some(agent.events()).filter(|ev| complete(ev)))
         .unwrap_or_else(|| agent.events());
@@ -119,8 +112,16 @@ fn pids_reused_within_a_tick_stay_distinct_processes() {
     );
     assert_eq!(m.sum("procmon_events_lost_total", &[]), 0.0, "nothing lost");
     for (root, watch) in roots.iter().zip([&wa, &wb]) {
-        assert_eq!(count(&events, "fork", *root), CHILDREN, "forks of {root}");
-        assert_eq!(count(&events, "exit", *root), CHILDREN, "exits of {root}");
+        assert_eq!(
+            count_children(&events, "fork", *root),
+            CHILDREN,
+            "forks of {root}"
+        );
+        assert_eq!(
+            count_children(&events, "exit", *root),
+            CHILDREN,
+            "exits of {root}"
+        );
         let started = m.sum(
             "procmon_watched_descendants_started_total",
             &[("watch", watch), ("pid", &root.to_string())],

@@ -3,19 +3,14 @@
 
 use std::time::Duration;
 
-use procmon_tests::{as_pid, events_for, require_root, run_workload, wait_for, Agent};
+use procmon_tests::{
+    as_pid, count_children, events_for, require_root, run_workload, wait_for, Agent,
+};
 use serde_json::Value;
 
 const CHILDREN: usize = 2000;
 /// Bounds the wait for events to reach the file (a wait, not a speed assertion).
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn count(events: &[Value], kind: &str, ppid: u32) -> usize {
-    events
-        .iter()
-        .filter(|e| e["kind"] == kind && e["ppid"] == ppid)
-        .count()
-}
 
 #[test]
 fn burst_of_short_lived_children_is_fully_seen() {
@@ -30,8 +25,8 @@ fn burst_of_short_lived_children_is_fully_seen() {
     // shortfall is reported only after the agent had every chance to catch up.
     let complete = |ev: &[Value]| {
         !events_for(ev, "exit", pid).is_empty()
-            && count(ev, "fork", pid) >= CHILDREN
-            && count(ev, "exit", pid) >= CHILDREN
+            && count_children(ev, "fork", pid) >= CHILDREN
+            && count_children(ev, "exit", pid) >= CHILDREN
     };
     let events = wait_for(EVENT_TIMEOUT, || {
         Some(agent.events()).filter(|ev| complete(ev))
@@ -43,11 +38,11 @@ fn burst_of_short_lived_children_is_fully_seen() {
         "exit events of the burst process {pid}"
     );
     assert_eq!(
-        count(&events, "fork", pid),
+        count_children(&events, "fork", pid),
         CHILDREN,
         "fork events with ppid {pid}"
     );
-    let exits = count(&events, "exit", pid);
+    let exits = count_children(&events, "exit", pid);
     if exits != CHILDREN {
         // Say what became of the children whose exit is missing: other events of theirs,
         // and what the agent counted about the kernel side.

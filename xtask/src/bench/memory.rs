@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{self, Read},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     path::Path,
     thread,
     time::{Duration, Instant},
@@ -333,9 +333,9 @@ struct Forker {
 
 impl Forker {
     fn spawn() -> Result<Forker> {
-        let (go_r, go_w) = pipe()?;
-        let (stop_r, stop_w) = pipe()?;
-        let (report_r, report_w) = pipe()?;
+        let (go_r, go_w) = crate::cmd::pipe()?;
+        let (stop_r, stop_w) = crate::cmd::pipe()?;
+        let (report_r, report_w) = crate::cmd::pipe()?;
         // SAFETY: the child runs only async-signal-safe syscalls and never returns into Rust.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -439,14 +439,4 @@ unsafe fn forker_main([go, stop, report]: [RawFd; 3]) -> ! {
         libc::write(report, forked.to_ne_bytes().as_ptr().cast(), 8);
         libc::_exit(0)
     }
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array, which we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        bail!("pipe2: {}", io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are owned by nothing else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

@@ -8,7 +8,7 @@ use std::{
     ffi::CString,
     fs::File,
     io::{self, Read},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -39,9 +39,9 @@ pub struct ForkStorm {
 
 impl ForkStorm {
     pub fn start() -> Result<ForkStorm> {
-        let (go_r, go_w) = pipe()?;
-        let (stop_r, stop_w) = pipe()?;
-        let (report_r, report_w) = pipe()?;
+        let (go_r, go_w) = crate::cmd::pipe()?;
+        let (stop_r, stop_w) = crate::cmd::pipe()?;
+        let (report_r, report_w) = crate::cmd::pipe()?;
         let name = CString::new(STORM_COMM).unwrap();
         // SAFETY: the child makes only async-signal-safe syscalls and never returns into
         // Rust (it ends in `_exit`), so forking a threaded process is sound.
@@ -276,16 +276,6 @@ fn oom_child(name: &CString, procs: &CString) -> ! {
         }
         libc::_exit(103)
     }
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        bail!("pipe2: {}", io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The kernel's count of OOM kills in a memory cgroup: `oom_kill` in memory.oom_control
