@@ -134,8 +134,11 @@ fn child_cpu_matches_rusage_of_1000_children() {
     println!(
         "cpu attribution: sum procmon_child_cpu_seconds_total = {cpu_sum:.6} s over {} children, \
          getrusage(RUSAGE_CHILDREN) = {rusage_children:.6} s, ratio {ratio:.4}; \
-         descendants_started sum = {started_sum}",
-        cpu.len()
+         descendants_started sum = {started_sum}; exits reported before their release {}, \
+         releases forgotten {}",
+        cpu.len(),
+        m.get_or_zero("procmon_exits_before_release_total", &[]),
+        m.get_or_zero("procmon_exits_release_forgotten_total", &[]),
     );
 
     assert_eq!(
@@ -212,10 +215,30 @@ fn child_cpu_matches_rusage_of_1000_children() {
     // counts those runs; only then, and for at most 0.5% of the children, is that tolerated
     // and printed. Everywhere else every child must match.
     let misses = m.sum("procmon_kernel_program_misses_total", &[]);
-    let tolerated = if misses > 0.0 { CHILDREN / 200 } else { 0 };
+    let mut tolerated = if misses > 0.0 { CHILDREN / 200 } else { 0 };
+    // An exit whose release never came is reported with the CPU read at the exit tracepoint,
+    // short of its exit path (tens of µs for these children), and counted. On the 6.18
+    // development VM the kernel ran sched_process_free without running its program for about
+    // 0.5% of the frees in a burst (the tracepoint fired, per ftrace; the program's run_cnt
+    // did not move, and no recursion miss was counted). A child short by at most 1 ms is
+    // tolerated once per counted early exit, and printed.
+    let early = m.get_or_zero("procmon_exits_before_release_total", &[]) as usize;
+    let short = off
+        .iter()
+        .filter(|&&(_, m, ru)| m < ru && ru - m <= 1e-3)
+        .count()
+        .min(early);
+    if short > 0 {
+        println!(
+            "cpu attribution: {short} children short of wait4 by at most 1 ms tolerated: \
+             {early} exits were reported before their release"
+        );
+        tolerated += short;
+    }
     if !off.is_empty() && off.len() <= tolerated {
         println!(
-            "cpu attribution: {} children off tolerated: the kernel skipped {misses} probe runs",
+            "cpu attribution: {} children off tolerated (kernel skipped {misses} probe runs, \
+             {early} exits reported before their release)",
             off.len()
         );
     }
