@@ -47,9 +47,11 @@ fn try_sched_wakeup_new(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let parent_signal = child
         .field_ptr(off!(task_real_parent))
         .field_ptr(off!(task_signal));
-    // A bitfield: the 4-byte word that holds it.
+    // A bitfield: the 4-byte word that holds it, through the helper. NB: a plain load is
+    // refused by 7.x verifiers ("access beyond the end of member is_child_subreaper"), which
+    // check loads against the bitfield's own bytes.
     let bit: u32 = off!(signal_subreaper_bit);
-    let word: u32 = parent_signal.field((bit / 32) * 4);
+    let word: u32 = parent_signal.read((bit / 32) * 4);
     let flags = if word & (1 << (bit % 32)) != 0 {
         fork_flags::PARENT_IS_SUBREAPER
     } else {
