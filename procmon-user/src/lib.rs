@@ -2,8 +2,9 @@
 //!
 //! A library so that code outside the binary can reach the parsers of untrusted input: the
 //! fuzz targets in `fuzz/` (cargo-fuzz) call [`record`], [`procfs`] and [`workload`]
-//! directly. Only what main.rs or the fuzz targets use is public; the rest stays private,
-//! so unused code is still reported.
+//! directly, and the whole ingest pipeline through `fuzzing` (built only for them). Only
+//! what main.rs or the fuzz targets use is public; the rest stays private, so unused code is
+//! still reported.
 
 // Used by main.rs.
 pub mod agent;
@@ -16,6 +17,8 @@ pub mod run;
 
 // Parsers of untrusted input, used by the fuzz targets.
 pub mod comm;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod procfs;
 pub mod record;
 pub mod workload;

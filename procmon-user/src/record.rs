@@ -386,7 +386,8 @@ pub mod tests {
 
     /// The record_decoder fuzz target starts from these records (fuzz/seeds/record_decoder),
     /// one of each kind as the probes write them: a seed the decoder rejects would leave the
-    /// fuzzer guessing the layout. After an ABI change, `PROCMON_UPDATE_SEEDS=1 cargo test -p
+    /// fuzzer guessing the layout. record_ingest starts from all of them in one sequence,
+    /// each after its length (u16, little-endian). After an ABI change, `PROCMON_UPDATE_SEEDS=1 cargo test -p
     /// procmon-user fuzz_seeds` rewrites them.
     #[test]
     fn fuzz_seeds_are_current_records() {
@@ -416,21 +417,31 @@ pub mod tests {
             ),
         ];
         let update = std::env::var_os("PROCMON_UPDATE_SEEDS").is_some();
-        for (name, bytes) in seeds {
-            assert!(decode(&bytes).is_ok(), "{name}");
-            let path = dir.join(name);
+        let mut sequence = Vec::new();
+        for (_, bytes) in &seeds {
+            sequence.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            sequence.extend_from_slice(bytes);
+        }
+        let seeds = seeds
+            .into_iter()
+            .map(|(name, bytes)| (dir.join(name), bytes))
+            .chain([(dir.join("../record_ingest/lifecycle"), sequence)]);
+        for (path, bytes) in seeds {
+            let name = path.display();
+            assert!(
+                path.ends_with("lifecycle") || decode(&bytes).is_ok(),
+                "{name}"
+            );
             if update {
-                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                 std::fs::write(&path, &bytes).unwrap();
                 continue;
             }
-            let kept = std::fs::read(&path).unwrap_or_else(|e| {
-                panic!("{}: {e}; run with PROCMON_UPDATE_SEEDS=1", path.display())
-            });
+            let kept = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("{name}: {e}; run with PROCMON_UPDATE_SEEDS=1"));
             assert!(
                 kept == bytes,
-                "{} is not the current {name} record: run with PROCMON_UPDATE_SEEDS=1",
-                path.display()
+                "{name} is not the current record: run with PROCMON_UPDATE_SEEDS=1"
             );
         }
     }
