@@ -47,7 +47,7 @@ enum Command {
     /// Build the agent's container image (localhost/procmon:VERSION) with buildah, from
     /// the release binary and deploy/Containerfile, without a registry.
     Image(image::Options),
-    /// Run the fuzz targets in fuzz/ (record decoder, /proc parsers, cgroup paths) for
+    /// Run the fuzz targets in fuzz/ (records, ingest, /proc parsers, cgroup paths) for
     /// `--seconds` each: `cargo xtask fuzz [--seconds N] [TARGET...]`.
     Fuzz(fuzz::Options),
     /// Kernel matrix (needs root): boot Debian cloud kernels 5.10, 6.1, 6.12 and the newest
