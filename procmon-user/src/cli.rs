@@ -14,6 +14,9 @@ use crate::{
     profile::{pegged::PeggedConfig, ProfileConfig},
 };
 
+/// Where the agent listens without `--listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
 #[derive(Parser)]
 #[command(
     name = "procmon",
@@ -604,10 +607,7 @@ mod tests {
         }
         let from_example = common(&["--config", example]).resolve(None, None).unwrap();
         let defaults = common(&[]).resolve(None, None).unwrap();
-        assert_eq!(
-            from_example.listen,
-            Some(crate::DEFAULT_LISTEN.parse().unwrap())
-        );
+        assert_eq!(from_example.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
         assert_eq!(from_example.events, defaults.events);
         assert_eq!(
             (from_example.web.scheme(), defaults.web.scheme()),

@@ -4,41 +4,18 @@
 //! environment stops procmon (privileges, BTF, a busy port). `procmon run` exits with the
 //! command's own status.
 
-mod agent;
-mod allocator;
-mod attribution;
-mod cli;
-mod clock;
-mod comm;
-mod deaths;
-mod events;
-mod http;
-mod ingest;
-mod kernel;
-mod logging;
-mod metrics;
-mod procfs;
-mod profile;
-mod record;
-mod release;
-mod run;
-mod state;
-mod tree;
-mod whole_file;
-mod workload;
-
 use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{
-    agent::Pipeline,
-    cli::{Cli, Command, Settings},
+use procmon_user::{
+    agent::{self, Pipeline},
+    allocator,
+    cli::{Cli, Command, Settings, DEFAULT_LISTEN},
+    http, kernel, logging, profile, run,
 };
-
-const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
 fn main() -> ExitCode {
     logging::init();

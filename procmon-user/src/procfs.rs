@@ -99,7 +99,7 @@ const PF_EXITING: u64 = 0x0000_0004;
 const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// The `flags` field of `/proc/<pid>/stat` (the 9th).
-fn stat_flags(stat: &[u8]) -> Option<u64> {
+pub fn stat_flags(stat: &[u8]) -> Option<u64> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
     // After comm: state(0) ppid(1) pgrp(2) session(3) tty_nr(4) tpgid(5) flags(6).
@@ -129,7 +129,8 @@ pub fn parse_stat(stat: &[u8]) -> Option<ProcSnapshot> {
     Some(ProcSnapshot {
         pid,
         ppid,
-        start_ns: start_ticks * tick_ns(),
+        // A start time past u64 nanoseconds (584 years of uptime) is not a process.
+        start_ns: start_ticks.checked_mul(tick_ns())?,
         comm: Comm::from_bytes(&name[..name.len().min(COMM_LEN - 1)]),
     })
 }
@@ -188,6 +189,16 @@ mod tests {
         assert!(parse_stat(&stat_line("z", "Z")).is_none());
         assert!(parse_stat(b"12 (x").is_none());
         assert!(parse_stat(b"").is_none());
+    }
+
+    /// Found by the procfs_stat fuzz target: a huge start time overflowed the conversion
+    /// to nanoseconds.
+    #[test]
+    fn rejects_start_times_past_u64_nanoseconds() {
+        let line = String::from_utf8(stat_line("x", "S"))
+            .unwrap()
+            .replace(" 123456 ", " 18446744073709551615 ");
+        assert!(parse_stat(line.as_bytes()).is_none());
     }
 
     #[test]

@@ -147,11 +147,17 @@ pub fn cgroup_path(p: &CgroupPath) -> Option<String> {
 
 /// What getrusage's ru_maxrss reports at reap: the larger of the high-water mark of images
 /// replaced by exec and that of the final address space (its hiwater counter is only
-/// updated lazily, so the current RSS counts too).
+/// updated lazily, so the current RSS counts too). Saturating: counters read from a task
+/// being torn down can be garbage, and must not panic or wrap to a small figure.
 pub fn peak_rss_bytes(r: &ExitRecord) -> u64 {
-    let current = r.rss_file_pages + r.rss_anon_pages + r.rss_shmem_pages;
+    let current = r
+        .rss_file_pages
+        .saturating_add(r.rss_anon_pages)
+        .saturating_add(r.rss_shmem_pages);
     let pages = r.hiwater_pages.max(current);
-    (r.maxrss_kb * 1024).max(pages * procfs::page_size())
+    r.maxrss_kb
+        .saturating_mul(1024)
+        .max(pages.saturating_mul(procfs::page_size()))
 }
 
 /// Splits the exact scheduler runtime into user and system time in the ratio of the
@@ -393,6 +399,83 @@ pub mod tests {
         let mut x = exit(10, 1, 5, 0);
         x.header.kind = kind::FORK;
         assert!(matches!(decode(&encode(&x)), Err(DecodeError::Size { .. })));
+    }
+
+    /// The record_decoder fuzz target starts from these records (fuzz/seeds/record_decoder),
+    /// one of each kind as the probes write them: a seed the decoder rejects would leave the
+    /// fuzzer guessing the layout. record_ingest starts from all of them in one sequence,
+    /// each after its length (u16, little-endian). After an ABI change, `PROCMON_UPDATE_SEEDS=1 cargo test -p
+    /// procmon-user fuzz_seeds` rewrites them.
+    #[test]
+    fn fuzz_seeds_are_current_records() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/record_decoder");
+        let seeds = [
+            ("fork", encode(&fork(4242, 1, 5_000_000_000))),
+            (
+                "exec",
+                encode(&exec(4242, 1, 5_000_000_000, b"make", b"/usr/bin/make")),
+            ),
+            ("exit", encode(&exit(4242, 1, 5_000_000_000, 2 << 8))),
+            ("crash", encode(&exit(4243, 4242, 6_000_000_000, 11 | 0x80))),
+            (
+                "release",
+                encode(&release(&exit(4242, 1, 5_000_000_000, 2 << 8), 40_000)),
+            ),
+            ("oom_kill", encode(&oom_kill(4244, 4242, 7_000_000_000))),
+            (
+                "cgroup",
+                encode(&cgroup(
+                    4245,
+                    8_000_000_000,
+                    &[
+                        "kubepods.slice",
+                        "kubepods-burstable.slice",
+                        "kubepods-burstable-pod0b2c6a3e_8f1d_4e5a_9c7b_1d2e3f4a5b6c.slice",
+                        "cri-containerd-4f7a1c0e9b2d3a5f6e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f.scope",
+                    ],
+                )),
+            ),
+        ];
+        let update = std::env::var_os("PROCMON_UPDATE_SEEDS").is_some();
+        let mut sequence = Vec::new();
+        for (_, bytes) in &seeds {
+            sequence.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            sequence.extend_from_slice(bytes);
+        }
+        let seeds = seeds
+            .into_iter()
+            .map(|(name, bytes)| (dir.join(name), bytes))
+            .chain([(dir.join("../record_ingest/lifecycle"), sequence)]);
+        for (path, bytes) in seeds {
+            let name = path.display();
+            assert!(
+                path.ends_with("lifecycle") || decode(&bytes).is_ok(),
+                "{name}"
+            );
+            if update {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+                continue;
+            }
+            let kept = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("{name}: {e}; run with PROCMON_UPDATE_SEEDS=1"));
+            assert!(
+                kept == bytes,
+                "{name} is not the current record: run with PROCMON_UPDATE_SEEDS=1"
+            );
+        }
+    }
+
+    /// Found by the record_decoder fuzz target: counters near u64::MAX overflowed.
+    #[test]
+    fn peak_rss_saturates_on_garbage_counters() {
+        let mut x = exit(10, 1, 5, 0);
+        x.maxrss_kb = u64::MAX / 2;
+        assert_eq!(peak_rss_bytes(&x), u64::MAX);
+        let mut x = exit(10, 1, 5, 0);
+        (x.rss_file_pages, x.rss_anon_pages) = (u64::MAX, 1);
+        assert_eq!(peak_rss_bytes(&x), u64::MAX);
     }
 
     #[test]

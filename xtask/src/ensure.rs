@@ -25,6 +25,8 @@ pub enum Need {
     /// busybox-static is the containers' userland, kubectl renders the DaemonSet whose
     /// security context they reproduce, and buildah builds the image.
     Containers,
+    /// The fuzz targets: nightly (libFuzzer's sanitizer flags) and cargo-fuzz.
+    Fuzz,
     /// The kernel matrix: QEMU boots the kernels, busybox is the guest's userland and
     /// promtool runs inside the guest.
     Vm,
@@ -42,7 +44,7 @@ impl Need {
                 ],
                 "bpf-linker links eBPF objects with LLVM 22",
             ),
-            Need::Agent | Need::Lint => (&[], ""),
+            Need::Agent | Need::Lint | Need::Fuzz => (&[], ""),
             Need::Tests => (
                 &["prometheus", "make", "nodejs", "curl", "openssl"],
                 "the end-to-end tests check /metrics with promtool, trace a make -j2 build, \
@@ -90,7 +92,10 @@ impl Need {
 
 pub fn ensure(needs: &[Need]) -> Result<()> {
     debian_packages(needs)?;
-    if needs.contains(&Need::Toolchain) || needs.contains(&Need::Lint) {
+    if [Need::Toolchain, Need::Lint, Need::Fuzz]
+        .iter()
+        .any(|n| needs.contains(n))
+    {
         nightly_toolchain()?;
         nightly_component(
             "rust-src",
@@ -112,6 +117,9 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
     }
     if needs.contains(&Need::Toolchain) {
         bpf_linker()?;
+    }
+    if needs.contains(&Need::Fuzz) {
+        cargo_fuzz()?;
     }
     if needs.contains(&Need::Agent) {
         tracefs();
@@ -279,6 +287,22 @@ fn bpf_linker() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// cargo-fuzz, once: `cargo install --locked` keeps the versions it was released with.
+fn cargo_fuzz() -> Result<()> {
+    let works = Command::new(cargo_home().join("bin/cargo-fuzz"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if works {
+        return Ok(());
+    }
+    eprintln!("installing cargo-fuzz: it builds and runs the fuzz targets in fuzz/");
+    let mut install = Command::new("cargo");
+    install.args(["install", "cargo-fuzz", "--locked"]);
+    cmd::run(crate::ebpf::remove_cargo_env(&mut install))
+        .context("cannot install cargo-fuzz: check network access to crates.io")
 }
 
 fn cargo_home() -> std::path::PathBuf {

@@ -6,6 +6,7 @@ mod bench;
 mod cmd;
 mod ebpf;
 mod ensure;
+mod fuzz;
 mod image;
 mod test;
 mod vm;
@@ -47,6 +48,9 @@ enum Command {
     /// Build the agent's container image (localhost/procmon:VERSION) with buildah, from
     /// the release binary and deploy/Containerfile, without a registry.
     Image(image::Options),
+    /// Run the fuzz targets in fuzz/ (records, ingest, /proc parsers, cgroup paths) for
+    /// `--seconds` each: `cargo xtask fuzz [--seconds N] [TARGET...]`.
+    Fuzz(fuzz::Options),
     /// Kernel matrix (needs root): boot Debian cloud kernels 5.10, 6.1, 6.12 and the newest
     /// under QEMU and run a focused end-to-end suite in each.
     VmTest(vm::Options),
@@ -87,6 +91,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(options) => bench::run(root(), &options),
         Command::VmTest(options) => vm::run(root(), &options),
         Command::Image(options) => image::run(root(), &options),
+        Command::Fuzz(options) => fuzz::run(root(), &options),
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use crate::{cmd, ebpf, ensure};
 
 pub fn run(root: &Path) -> Result<()> {
-    let stages = 7;
+    let stages = 8;
     let mut stage = 0;
     let mut header = |what: &str| {
         stage += 1;
@@ -21,6 +21,7 @@ pub fn run(root: &Path) -> Result<()> {
         ensure::Need::Tests,
         ensure::Need::Containers,
         ensure::Need::Image,
+        ensure::Need::Fuzz,
     ])?;
 
     let kubernetes_validate = ensure::kubernetes_validate(root)?;
@@ -38,6 +39,17 @@ pub fn run(root: &Path) -> Result<()> {
     // Cheap, so before the slow stages; it runs no tests, so it adds nothing to the tally.
     header("lints (clippy -D warnings on every crate, rustfmt --check)");
     lint(root)?;
+
+    // No root needed, and a crash here names its reproducer before the long stages run.
+    header("fuzz targets (25 s each)");
+    crate::fuzz::run(
+        root,
+        &crate::fuzz::Options {
+            seconds: crate::fuzz::CI_SECONDS,
+            targets: Vec::new(),
+        },
+    )
+    .context("fuzzing found a failing input")?;
 
     header("build release agent and its image");
     crate::build_agent(root)?;
@@ -108,6 +120,12 @@ fn lint(root: &Path) -> Result<()> {
     .context("clippy found warnings in procmon-common without the `user` feature")?;
     cmd::run(cmd::cargo(root).args(["fmt", "--all", "--check"]))
         .context("files are not rustfmt-formatted: run `cargo fmt --all`")?;
+    // The fuzz targets are a workspace of their own (nightly only): formatted, not linted
+    // here, since clippy would build all of procmon-user again for them.
+    cmd::run(cmd::cargo(root).args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))
+        .context(
+        "fuzz targets are not rustfmt-formatted: run `cargo fmt --manifest-path fuzz/Cargo.toml`",
+    )?;
     // The eBPF crate only builds for its own target, on nightly, like `ebpf::build`: from its
     // directory, with the outer cargo's settings removed, into the same target/bpf.
     let mut ebpf_clippy = ebpf::cargo(root, "clippy");

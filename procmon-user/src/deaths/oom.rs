@@ -50,6 +50,7 @@ pub fn render_oom_kill(
     identity: &Identity,
 ) -> EventMsg {
     let has_task = r.flags & oom_flags::TASK != 0;
+    // Saturating, like peak_rss_bytes: a garbage counter must not panic or wrap.
     let page = procfs::page_size();
     let time = rfc3339(seen.clock.at(r.time_ns));
     // The victim was sent SIGKILL but is usually still alive while it releases memory, so
@@ -89,10 +90,10 @@ pub fn render_oom_kill(
             constraint: constraint_name(r.flags, r.constraint),
             constraint_source: constraint_source(r.flags),
             memcg: memcg.as_deref(),
-            rss_anon_bytes: r.rss_anon_pages * page,
-            rss_file_bytes: r.rss_file_pages * page,
-            rss_shmem_bytes: r.rss_shmem_pages * page,
-            total_vm_bytes: r.total_vm_pages * page,
+            rss_anon_bytes: r.rss_anon_pages.saturating_mul(page),
+            rss_file_bytes: r.rss_file_pages.saturating_mul(page),
+            rss_shmem_bytes: r.rss_shmem_pages.saturating_mul(page),
+            total_vm_bytes: r.total_vm_pages.saturating_mul(page),
             pgtables_bytes: r.pgtables_bytes,
             oom_score_adj: r.oom_score_adj,
             ancestry: &ancestry,

@@ -3,12 +3,12 @@
 //! process for a bounded window (recent.rs), reported as `cpu_pegged` events (pegged.rs) and
 //! in crash and OOM events, and on demand by `procmon profile` (command.rs, folded.rs).
 
-pub mod collect;
+pub(crate) mod collect;
 pub mod command;
-pub mod folded;
-pub mod pegged;
-pub mod recent;
-pub mod symbolize;
+pub(crate) mod folded;
+pub(crate) mod pegged;
+pub(crate) mod recent;
+pub(crate) mod symbolize;
 
 use std::time::Duration;
 
