@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             let bytes = match &record {
                 Record::Fork(r) => bytes_of(r),
                 Record::Exec(r) => bytes_of(r),
-                Record::Exit(r) => bytes_of(r),
+                Record::Exit(r) | Record::Release(r) => bytes_of(r),
                 Record::OomKill(r) => bytes_of(r.as_ref()),
                 Record::Cgroup(r) => bytes_of(r.as_ref()),
             };
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
             match &record {
                 Record::Fork(r) => _ = Comm::from_raw(r.comm).to_lossy(),
                 Record::Exec(r) => _ = Comm::from_raw(r.comm).to_lossy(),
-                Record::Exit(r) => {
+                Record::Exit(r) | Record::Release(r) => {
                     peak_rss_bytes(r);
                     let (user, system) = split_cpu(r.runtime_ns, r.utime_ns, r.stime_ns);
                     assert_eq!(user.checked_add(system), Some(r.runtime_ns));
@@ -77,6 +77,7 @@ fuzz_target!(|data: &[u8]| {
                 kind::FORK,
                 kind::EXEC,
                 kind::EXIT,
+                kind::RELEASE,
                 kind::OOM_KILL,
                 kind::CGROUP
             ]

@@ -49,7 +49,7 @@ pub fn run(root: &Path) -> Result<()> {
             targets: Vec::new(),
         },
     )
-    .context("fuzzing found a failing input")?;
+    .context("the fuzz stage failed")?;
 
     header("build release agent and its image");
     crate::build_agent(root)?;
