@@ -114,7 +114,8 @@ impl<T> Awaiting<T> {
                 record,
                 class,
                 gone,
-                deadline_ns: now_ns + RELEASE_WAIT_NS,
+                // Saturating: a garbage record's time must not overflow (found by fuzzing).
+                deadline_ns: now_ns.saturating_add(RELEASE_WAIT_NS),
             },
         );
         let mut out = Vec::new();
@@ -267,6 +268,15 @@ mod tests {
         assert_eq!((cpu_ns, process.pid), (60, 10));
         assert_eq!(a.stats.late, 1);
         assert!(matches!(a.release(&exit(10, 5, 160)), Released::Unseen));
+    }
+
+    /// Found by the record_ingest fuzz target: an exit time near u64::MAX overflowed.
+    #[test]
+    fn an_exit_at_the_end_of_time_is_held_without_overflow() {
+        let mut a = Awaiting::<()>::default();
+        a.hold(exit(10, 5, 1), (), None, u64::MAX - 1);
+        assert!(a.expired(u64::MAX - 1).is_empty());
+        assert_eq!(a.expired(u64::MAX).len(), 1);
     }
 
     #[test]

@@ -336,7 +336,8 @@ impl Attribution {
             let Some(unit) = self.units.get_mut(id) else {
                 continue;
             };
-            unit.exited_cpu_ns += cpu_ns;
+            // Saturating: counters built from hostile records must not overflow.
+            unit.exited_cpu_ns = unit.exited_cpu_ns.saturating_add(cpu_ns);
             unit.live_cpu_ns = unit.live_cpu_ns.saturating_sub(live.cpu_ns);
             unit.live_rss_bytes = unit.live_rss_bytes.saturating_sub(live.rss_bytes);
             unit.cpu_ratio = (unit.cpu_ratio - live.cpu_ratio).max(0.0);
@@ -359,7 +360,7 @@ impl Attribution {
         }
         self.evict_past_cap(now_ns);
         let stats = self.stats(p.ext.workload);
-        stats.exited_cpu_ns += cpu_ns;
+        stats.exited_cpu_ns = stats.exited_cpu_ns.saturating_add(cpu_ns);
         stats.live_cpu_ns = stats.live_cpu_ns.saturating_sub(live.cpu_ns);
         stats.live_rss_bytes = stats.live_rss_bytes.saturating_sub(live.rss_bytes);
         stats.processes = stats.processes.saturating_sub(1);
@@ -370,10 +371,11 @@ impl Attribution {
     pub fn on_late_cpu(&mut self, p: &TrackedProcess, cpu_ns: u64) {
         for id in &p.ext.units {
             if let Some(unit) = self.units.get_mut(id) {
-                unit.exited_cpu_ns += cpu_ns;
+                unit.exited_cpu_ns = unit.exited_cpu_ns.saturating_add(cpu_ns);
             }
         }
-        self.stats(p.ext.workload).exited_cpu_ns += cpu_ns;
+        let stats = self.stats(p.ext.workload);
+        stats.exited_cpu_ns = stats.exited_cpu_ns.saturating_add(cpu_ns);
     }
 
     /// Applies one round of live samples (pid → start, CPU ns, RSS bytes), recomputes the
