@@ -20,38 +20,8 @@ pub struct SseClient {
 impl SseClient {
     /// Connects and sends `GET path`; `extra_headers` are complete header lines.
     pub fn connect(addr: SocketAddr, path: &str, extra_headers: &[&str]) -> SseClient {
-        Self::connect_with(addr, path, extra_headers, None)
-    }
-
-    /// Connects with a receive buffer of about `bytes` (the kernel doubles it), so that a
-    /// client that stops reading stalls the agent's writes after a few messages.
-    pub fn connect_stalling(addr: SocketAddr, path: &str, bytes: libc::c_int) -> SseClient {
-        Self::connect_with(addr, path, &[], Some(bytes))
-    }
-
-    fn connect_with(
-        addr: SocketAddr,
-        path: &str,
-        extra_headers: &[&str],
-        receive_buffer: Option<libc::c_int>,
-    ) -> SseClient {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-        if let Some(bytes) = receive_buffer {
-            // SAFETY: setsockopt reads size_of_val(&bytes) bytes from the live local `bytes`;
-            // the fd belongs to `s`, which outlives the call.
-            let rc = unsafe {
-                use std::os::fd::AsRawFd;
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUF,
-                    (&bytes as *const libc::c_int).cast(),
-                    std::mem::size_of_val(&bytes) as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
-        }
         let headers: String = extra_headers.iter().map(|h| format!("{h}\r\n")).collect();
         write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n")
             .expect("sending the request");
