@@ -79,9 +79,20 @@ fn pids_reused_within_a_tick_stay_distinct_processes() {
             println!("reuse_storm: {r}");
         }
     }
+    // Where the kernel skips exit-probe runs (7.x, preemptible tracepoints; counted), an exit
+    // whose release comes after its pid was reused cannot be recovered: each such loss is
+    // allowed once per counted miss, and nowhere else.
+    let misses = || {
+        agent.metrics().get_or_zero(
+            "procmon_kernel_program_misses_total",
+            &[("program", "sched_process_exit")],
+        ) as usize
+    };
     let complete = |ev: &[Value]| {
+        let missed = misses();
         roots.iter().all(|&r| {
-            count_children(ev, "fork", r) >= CHILDREN && count_children(ev, "exit", r) >= CHILDREN
+            count_children(ev, "fork", r) >= CHILDREN
+                && count_children(ev, "exit", r) + missed >= CHILDREN
         })
     };
     let events = wait_for(TIMEOUT, || Some(agent.events()).filter(|ev| complete(ev)))
@@ -111,16 +122,18 @@ fn pids_reused_within_a_tick_stay_distinct_processes() {
         children.len()
     );
     assert_eq!(m.sum("procmon_events_lost_total", &[]), 0.0, "nothing lost");
+    let missed = misses();
+    println!("exit-probe runs the kernel skipped: {missed}");
     for (root, watch) in roots.iter().zip([&wa, &wb]) {
         assert_eq!(
             count_children(&events, "fork", *root),
             CHILDREN,
             "forks of {root}"
         );
-        assert_eq!(
-            count_children(&events, "exit", *root),
-            CHILDREN,
-            "exits of {root}"
+        let exits = count_children(&events, "exit", *root);
+        assert!(
+            exits <= CHILDREN && exits + missed >= CHILDREN,
+            "exits of {root}: {exits} of {CHILDREN}, {missed} exit-probe runs skipped"
         );
         let started = m.sum(
             "procmon_watched_descendants_started_total",
@@ -128,13 +141,15 @@ fn pids_reused_within_a_tick_stay_distinct_processes() {
         );
         assert_eq!(started, CHILDREN as f64, "descendants started under {root}");
     }
-    for action in ["removed", "replaced"] {
-        assert_eq!(
-            reconciled(&m, action) - reconciled(&before, action),
-            0.0,
-            "procmon_tree_reconciled_total{{action=\"{action}\"}}: the tree needed no correction"
-        );
-    }
+    let corrected: f64 = ["removed", "replaced"]
+        .iter()
+        .map(|a| reconciled(&m, a) - reconciled(&before, a))
+        .sum();
+    assert!(
+        corrected <= missed as f64,
+        "procmon_tree_reconciled_total removed + replaced = {corrected}: the tree needed \
+         corrections beyond the {missed} exits the kernel did not trace"
+    );
     a.finish();
     b.finish();
 }

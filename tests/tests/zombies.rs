@@ -86,7 +86,9 @@ fn an_exit_is_reported_while_its_parent_keeps_it_a_zombie() {
         "zombie child {child}: {at_exit:.6} s in its exit event, {attributed:.6} s attributed \
          after the reap, wait4 says {rusage:.6} s"
     );
-    if exit_tracepoint_precedes_unmapping() {
+    // Under QEMU's emulation (the kernel matrix) touching 512 MiB costs seconds of CPU and
+    // unmapping it well under 1% of that, so only the host can show the gap.
+    if exit_tracepoint_precedes_unmapping() && std::env::var_os("PROCMON_VM").is_none() {
         // What makes the release needed: unmapping 512 MiB after the exit tracepoint.
         assert!(
             at_exit < rusage * 0.99,
