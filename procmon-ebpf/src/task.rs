@@ -98,6 +98,10 @@ pub const MM_FILEPAGES: u32 = 0;
 pub const MM_ANONPAGES: u32 = 1;
 pub const MM_SHMEMPAGES: u32 = 3;
 
+/// `mm_rss_stride` of the `atomic_long_t` counters before Linux 6.2 (a `percpu_counter` is
+/// at least 24 bytes).
+pub const ATOMIC_LONG_STRIDE: u32 = 8;
+
 /// An `mm_struct` RSS counter in pages (0 without an address space). This is the
 /// percpu_counter's global count, what the kernel's own get_mm_counter() and its OOM report
 /// use: per-CPU deltas not yet folded in (a few hundred KiB at most) are missed.

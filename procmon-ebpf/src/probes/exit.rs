@@ -16,7 +16,10 @@ use procmon_common::{
 
 use crate::{
     cgroup, count, off, offsets,
-    task::{mm_counter, parent_identity_direct, Kptr, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES},
+    task::{
+        mm_counter, parent_identity_direct, Kptr, ATOMIC_LONG_STRIDE, MM_ANONPAGES, MM_FILEPAGES,
+        MM_SHMEMPAGES,
+    },
     wakeup_flags, EVENTS, GROUP_DEAD,
 };
 
@@ -147,16 +150,29 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
             (*r).rss_shmem_pages = 0;
         } else {
             (*r).hiwater_pages = mm.field(off!(mm_hiwater_rss));
-            // Through the helper: before 6.2 the counters are `atomic_long_t`, a typedef the
-            // 5.10 verifier does not see through ("Type 'atomic_long_t' is not a struct").
-            let o = offsets();
-            (*r).rss_file_pages = mm_counter(mm, MM_FILEPAGES, &o);
-            (*r).rss_anon_pages = mm_counter(mm, MM_ANONPAGES, &o);
-            (*r).rss_shmem_pages = mm_counter(mm, MM_SHMEMPAGES, &o);
+            (*r).rss_file_pages = rss_pages(mm, MM_FILEPAGES);
+            (*r).rss_anon_pages = rss_pages(mm, MM_ANONPAGES);
+            (*r).rss_shmem_pages = rss_pages(mm, MM_SHMEMPAGES);
         }
     }
     entry.submit(wakeup_flags());
     Ok(())
+}
+
+/// An RSS counter of `mm` (BTF-typed, not null), in pages.
+///
+/// Since Linux 6.2 the counters are `struct percpu_counter`s: a plain load (the helper costs
+/// ~80 ns per exit for the three, measured on the development VM). Before, they are
+/// `atomic_long_t`, a typedef the 5.10 verifier does not see through ("Type 'atomic_long_t'
+/// is not a struct"), so they go through the helper. The stride tells which at load time, so
+/// the verifier never walks the branch the running kernel does not take.
+#[inline(always)]
+fn rss_pages(mm: Kptr, index: u32) -> u64 {
+    let stride = off!(mm_rss_stride);
+    if stride == ATOMIC_LONG_STRIDE {
+        return mm_counter(mm, index, &offsets());
+    }
+    mm.field::<i64>(off!(mm_rss_stat) + index * stride).max(0) as u64
 }
 
 /// Whether a death with this wait status sends the memory cgroup first: crash signals and
