@@ -1,6 +1,7 @@
 //! `/events` over a real socket: a reading client gets every event of a 20,000-event burst
 //! while another client stays connected without reading, and the agent's memory stays
-//! bounded; a late client can replay the kept history.
+//! bounded; a late client can replay the kept history; a client that stops reading has its
+//! losses counted while it stalls, and when it reads again is told of them and streams on.
 
 use std::net::TcpStream;
 use std::thread;
@@ -186,6 +187,168 @@ fn slow_client_never_stalls_a_reading_client_and_memory_stays_bounded() {
         Some(0),
         "clean shutdown with clients connected: {stderr}"
     );
+}
+
+/// Bursts of this many children: 20,000 fork and exit events each.
+const STALL_BURST: usize = 10_000;
+/// 100,000 events: more than a client's buffer (65,536 events) plus what the connection
+/// holds on its way (the agent's socket send buffer, up to 4 MiB here, and the client's
+/// receive buffer: about 18,000 events measured), so a client that reads nothing through them
+/// must lose some.
+const STALL_BURSTS: usize = 5;
+/// Bounds the wait for the agent to ingest what the bursts forked (not a speed assertion).
+const INGEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Once a client's buffer is full, more events replace what it holds: RSS stays where it
+/// is, give or take the allocator.
+const PLATEAU_SLACK_KB: u64 = 16 * 1024;
+
+/// Lines in the events file: every event the agent published so far.
+fn events_published(agent: &Agent) -> usize {
+    std::fs::read_to_string(&agent.events_path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// NB: the client keeps the kernel's default receive buffer. With a tiny one (SO_RCVBUF
+/// 4 KiB) on loopback, whose 64 KiB MTU makes segments far larger than that buffer, the
+/// client's kernel prunes a segment it already advertised room for once it reads again
+/// (TcpExtRcvPruned, TCPRcvQDrop), and the agent's kernel, whose retransmission timeout
+/// backed off to 6.5 s probing the closed window during the stall (`ss -ti`: backoff:5),
+/// resends it only that much later: the stream pauses for seconds after the few hundred
+/// messages that were in flight, whatever the agent does (measured with the broadcast hub
+/// and with the shared queue alike).
+#[test]
+fn a_stalled_clients_losses_are_counted_while_it_stalls_and_it_streams_on() {
+    if !require_root("sse::a_stalled_clients_losses_are_counted_while_it_stalls_and_it_streams_on")
+    {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let mut stalled = SseClient::connect(agent.addr, "/events", &[]);
+    wait_for(Duration::from_secs(10), || {
+        (agent.metrics().get_or_zero("procmon_sse_clients", &[]) >= 1.0).then_some(())
+    })
+    .expect("the /events client connected");
+    let dropped = || {
+        agent
+            .metrics()
+            .get_or_zero("procmon_sse_dropped_events_total", &[])
+    };
+
+    // The client reads nothing while the bursts run: its losses must show on /metrics now,
+    // not when (if ever) it reads again.
+    for _ in 0..STALL_BURSTS {
+        run_workload(env!("CARGO_BIN_EXE_burst"), &[&STALL_BURST.to_string()]);
+    }
+    let counted_while_stalled = wait_for(INGEST_TIMEOUT, || {
+        let d = dropped();
+        (d > 0.0).then_some(d)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "procmon_sse_dropped_events_total stayed 0 while a client stalled through \
+             {STALL_BURSTS} bursts of {STALL_BURST} children ({} events published)",
+            events_published(&agent)
+        )
+    });
+    assert_eq!(
+        agent.metrics().get_or_zero("procmon_sse_clients", &[]),
+        1.0,
+        "the stalled client is still connected"
+    );
+    let rss_full = vm_rss_kb(agent.pid());
+
+    // One more burst, still stalled: every event of it is a loss, counted as it happens.
+    run_workload(env!("CARGO_BIN_EXE_burst"), &[&STALL_BURST.to_string()]);
+    let counted_more = wait_for(INGEST_TIMEOUT, || {
+        let d = dropped();
+        // At least half of the burst's 20,000 events: the agent may lose some itself.
+        (d >= counted_while_stalled + STALL_BURST as f64).then_some(d)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "a burst of {STALL_BURST} children while the client stalls: \
+             procmon_sse_dropped_events_total went from {counted_while_stalled} to {}",
+            dropped()
+        )
+    });
+    let rss_after = vm_rss_kb(agent.pid());
+    assert!(
+        rss_after <= rss_full + PLATEAU_SLACK_KB,
+        "agent VmRSS kept growing with a stalled client past its buffer: {rss_full} kB -> \
+         {rss_after} kB"
+    );
+    eprintln!(
+        "{counted_while_stalled} drops counted while stalled, {counted_more} after one more \
+         burst; agent VmRSS {rss_full} kB -> {rss_after} kB"
+    );
+
+    // Reading again, the client gets what was already on its way, then one `dropped` message
+    // with every loss (counted once: while it stalled), then the events its buffer kept.
+    stalled.set_timeout(Duration::from_secs(10));
+    let mut read = 0usize;
+    let mut last_id = 0;
+    let told = loop {
+        let m = stalled.next_message().unwrap_or_else(|| {
+            panic!(
+                "the stream stopped after {read} messages once the client read again, with no \
+                 dropped message (drops counted: {})",
+                dropped()
+            )
+        });
+        read += 1;
+        if m.event.as_deref() == Some("dropped") {
+            let v: Value = serde_json::from_str(&m.data).unwrap();
+            break v["dropped"].as_u64().expect("dropped count");
+        }
+        last_id = m.id.expect("every event has an id");
+    };
+    let counted_after = dropped();
+    assert!(
+        counted_more <= told as f64 && told as f64 <= counted_after,
+        "told of {told} losses, counted {counted_more} while stalled and {counted_after} after"
+    );
+    let next = stalled.next_message().expect("an event after the dropped message");
+    assert_eq!(
+        next.id,
+        Some(last_id + told + 1),
+        "the dropped message stands for exactly the events between {last_id} and {next:?}"
+    );
+
+    // A later burst comes through after the kept events: the stream goes on. Pids wrap
+    // (pid_max is 32,768 here), so the burst is known by its exec, then its exit.
+    let burst = run_workload(env!("CARGO_BIN_EXE_burst"), &["10"]);
+    let pid = as_pid(&burst["pid"]);
+    let (mut after, mut exec_seen) = (1usize, false);
+    loop {
+        let m = stalled.next_message().unwrap_or_else(|| {
+            panic!(
+                "the stream stopped {after} messages after the dropped message, before the \
+                 exit of a later burst (pid {pid})"
+            )
+        });
+        after += 1;
+        let v: Value = serde_json::from_str(&m.data).unwrap();
+        if v["pid"] != pid {
+            continue;
+        }
+        match m.event.as_deref() {
+            Some("exec") => {
+                exec_seen |= v["filename"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with("/burst"));
+            }
+            Some("exit") if exec_seen => break,
+            _ => {}
+        }
+    }
+    eprintln!(
+        "reading again: {read} messages up to `dropped` ({told}), then {after} up to the later \
+         burst's exit"
+    );
+    drop(stalled);
+    let (status, stderr) = agent.stop();
+    assert_eq!(status.code(), Some(0), "clean shutdown: {stderr}");
 }
 
 #[test]
