@@ -212,6 +212,46 @@ fn events_published(agent: &Agent) -> usize {
         .unwrap_or(0)
 }
 
+/// A client's stream as read so far: every event must follow the one before it, or the
+/// events a `dropped` message stood for.
+#[derive(Default)]
+struct Followed {
+    read: usize,
+    /// `dropped` messages, and the losses they told of.
+    dropped_messages: usize,
+    told: u64,
+    next_id: Option<u64>,
+}
+
+impl Followed {
+    /// The next message; panics with `what` (where `{told}` is the losses told so far) if
+    /// the stream stops, or if an event is missing without a `dropped` message for it.
+    fn next(&mut self, client: &mut SseClient, what: &str) -> Message {
+        let m = client.next_message().unwrap_or_else(|| {
+            panic!(
+                "the stream stopped after {} messages {}",
+                self.read,
+                what.replace("{told}", &self.told.to_string())
+            )
+        });
+        self.read += 1;
+        if m.event.as_deref() == Some("dropped") {
+            let v: Value = serde_json::from_str(&m.data).unwrap();
+            let n = v["dropped"].as_u64().expect("dropped count");
+            self.told += n;
+            self.dropped_messages += 1;
+            self.next_id = self.next_id.map(|id| id + n);
+        } else {
+            let id = m.id.expect("every event has an id");
+            if let Some(want) = self.next_id {
+                assert_eq!(id, want, "an event missing without a dropped message");
+            }
+            self.next_id = Some(id + 1);
+        }
+        m
+    }
+}
+
 /// NB: the client keeps the kernel's default receive buffer. With a tiny one (SO_RCVBUF
 /// 4 KiB) on loopback, whose 64 KiB MTU makes segments far larger than that buffer, the
 /// client's kernel prunes a segment it already advertised room for once it reads again
@@ -293,54 +333,38 @@ fn a_stalled_clients_losses_are_counted_while_it_stalls_and_it_streams_on() {
          burst; agent VmRSS {rss_before} kB -> {rss_full} kB (buffer full) -> {rss_after} kB"
     );
 
-    // Reading again, the client gets what was already on its way, then one `dropped` message
-    // with every loss (counted once: while it stalled), then the events its buffer kept.
+    // Reading again, the client gets what was already on its way, then `dropped` with every
+    // loss (counted once: while it stalled), then the events its buffer kept. Under load it
+    // may also have lost some before its socket filled, told in a `dropped` message among
+    // those in flight: every `dropped` message counts.
     stalled.set_timeout(Duration::from_secs(10));
-    let mut read = 0usize;
-    let mut last_id = 0;
-    let told = loop {
-        let m = stalled.next_message().unwrap_or_else(|| {
-            panic!(
-                "the stream stopped after {read} messages once the client read again, with no \
-                 dropped message (drops counted: {})",
-                dropped()
-            )
-        });
-        read += 1;
-        if m.event.as_deref() == Some("dropped") {
-            let v: Value = serde_json::from_str(&m.data).unwrap();
-            break v["dropped"].as_u64().expect("dropped count");
-        }
-        last_id = m.id.expect("every event has an id");
-    };
+    let mut stream = Followed::default();
+    while stream.told < counted_more as u64 {
+        stream.next(
+            &mut stalled,
+            &format!("once the client read again, told of {{told}} of {counted_more} losses"),
+        );
+    }
+    let (read, told) = (stream.read, stream.told);
     let counted_after = dropped();
     assert!(
-        counted_more <= told as f64 && told as f64 <= counted_after,
+        told as f64 <= counted_after,
         "told of {told} losses, counted {counted_more} while stalled and {counted_after} after"
-    );
-    let next = stalled
-        .next_message()
-        .expect("an event after the dropped message");
-    assert_eq!(
-        next.id,
-        Some(last_id + told + 1),
-        "the dropped message stands for exactly the events between {last_id} and {next:?}"
     );
 
     // A later burst comes through after the kept events: the stream goes on. Pids wrap
     // (pid_max is 32,768 here), so the burst is known by its exec, then its exit.
     let burst = run_workload(env!("CARGO_BIN_EXE_burst"), &["10"]);
     let pid = as_pid(&burst["pid"]);
-    let (mut after, mut exec_seen) = (1usize, false);
+    let mut exec_seen = false;
     loop {
-        let m = stalled.next_message().unwrap_or_else(|| {
-            panic!(
-                "the stream stopped {after} messages after the dropped message, before the \
-                 exit of a later burst (pid {pid})"
-            )
-        });
-        after += 1;
-        let v: Value = serde_json::from_str(&m.data).unwrap();
+        let m = stream.next(
+            &mut stalled,
+            &format!("before the exit of a later burst (pid {pid}), told of {{told}} losses"),
+        );
+        let Ok(v) = serde_json::from_str::<Value>(&m.data) else {
+            continue;
+        };
         if v["pid"] != pid {
             continue;
         }
@@ -354,9 +378,18 @@ fn a_stalled_clients_losses_are_counted_while_it_stalls_and_it_streams_on() {
             _ => {}
         }
     }
+    // Caught up: nothing the client lost is left untold, and nothing was counted twice.
+    assert_eq!(
+        dropped(),
+        stream.told as f64,
+        "procmon_sse_dropped_events_total against the losses the client was told of"
+    );
     eprintln!(
-        "reading again: {read} messages up to `dropped` ({told}), then {after} up to the later \
-         burst's exit"
+        "reading again: {read} messages until told of {told} losses, then {} up to the later \
+         burst's exit; told of {} in all, in {} dropped messages",
+        stream.read - read,
+        stream.told,
+        stream.dropped_messages
     );
     drop(stalled);
     let (status, stderr) = agent.stop();
