@@ -138,7 +138,7 @@ impl Pipeline {
         let hub = Arc::new(Hub::new(EVENT_BUFFER, cfg.history));
         let (reopen, reopen_rx) = watch::channel(0u64);
         let sink = events_out.map(|(target, out)| {
-            let rx = hub.subscribe(None).expect("the hub is open").rx;
+            let rx = hub.subscribe(None, None).expect("the hub is open").rx;
             tokio::spawn(sink::write_json_lines(
                 rx,
                 target,

@@ -28,7 +28,7 @@ impl HealthSource for NoHealth {
 pub fn ingest<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> usize {
     let metrics = Metrics::new(Arc::new(NoHealth));
     let hub = Arc::new(Hub::new(4096, 16));
-    let mut rx = hub.subscribe(None).expect("a new hub is open").rx;
+    let mut rx = hub.subscribe(None, None).expect("a new hub is open").rx;
     let mut ingest = Ingest::new(&metrics, hub, Default::default());
     // Never the fuzzing machine's /proc: runs must not depend on it.
     ingest.proc_root = PathBuf::from("/nonexistent");

@@ -496,12 +496,12 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) type Rx = tokio::sync::broadcast::Receiver<EventMsg>;
+    pub(crate) type Rx = crate::events::hub::Receiver;
 
     pub(crate) fn setup() -> (Metrics, Ingest, Shared, Rx) {
         let metrics = Metrics::new(Arc::new(Nothing));
         let hub = Arc::new(Hub::new(64, 0));
-        let rx = hub.subscribe(None).unwrap().rx;
+        let rx = hub.subscribe(None, None).unwrap().rx;
         let mut ingest = Ingest::new(&metrics, hub, Default::default());
         // Never look at the build machine's /proc.
         ingest.proc_root = PathBuf::from("/nonexistent");

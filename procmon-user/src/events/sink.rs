@@ -1,5 +1,5 @@
 //! `--events FILE|-`: JSON lines. The writer never slows the reader: it consumes a bounded
-//! broadcast channel, and what it falls behind on is counted as lost, not waited for.
+//! queue (hub.rs), and what it falls behind on is counted as lost, not waited for.
 //!
 //! A write that fails (a full disk, a FIFO whose reader went away) never goes unnoticed:
 //! the events it held are counted (`reason="sink_error"`), the cause is logged once and
@@ -18,13 +18,13 @@ use std::{
 use anyhow::Context;
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
-    sync::{
-        broadcast::{error::RecvError, error::TryRecvError, Receiver},
-        watch,
-    },
+    sync::watch,
 };
 
-use crate::events::{EventKind, EventMsg};
+use crate::events::{
+    hub::{Receiver, RecvError, TryRecvError},
+    EventKind,
+};
 
 /// Where events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +146,7 @@ const BURST_BYTES: usize = 64 * 1024;
 /// Writes events of `kinds` until the stream ends (the reader stopped), then flushes.
 /// `reopen` changes on SIGHUP.
 pub async fn write_json_lines(
-    mut rx: Receiver<EventMsg>,
+    mut rx: Receiver,
     target: Target,
     mut out: Output,
     kinds: Vec<EventKind>,
@@ -167,7 +167,7 @@ pub async fn write_json_lines(
                 // Caught up: write the burst, then wait.
                 w.health
                     .pending
-                    .store(w.events + rx.len() as u64, Ordering::Relaxed);
+                    .store(w.events + rx.pending() as u64, Ordering::Relaxed);
                 w.flush(&mut out).await?;
                 tokio::select! {
                     msg = rx.recv() => match msg {
@@ -287,8 +287,8 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{hub::Hub, EventMsg};
     use bytes::Bytes;
-    use tokio::sync::broadcast;
 
     fn event(n: u32) -> EventMsg {
         EventMsg {
@@ -334,7 +334,8 @@ mod tests {
 
     #[tokio::test]
     async fn write_errors_are_counted_reported_and_recovered_from() {
-        let (tx, rx) = broadcast::channel(1024);
+        let hub = Arc::new(Hub::new(1024, 0));
+        let rx = hub.subscribe(None, None).unwrap().rx;
         let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let kept = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(SinkHealth::default());
@@ -351,7 +352,7 @@ mod tests {
             reopen,
         ));
         for n in 0..3 {
-            tx.send(event(n)).unwrap();
+            hub.publish(event(n));
         }
         for _ in 0..500 {
             if health.errors.load(Ordering::Relaxed) == 3 {
@@ -362,8 +363,8 @@ mod tests {
         assert_eq!(health.errors.load(Ordering::Relaxed), 3);
         assert!(health.failing().unwrap().contains("No space left"));
         fail.store(false, Ordering::Relaxed);
-        tx.send(event(3)).unwrap();
-        drop(tx);
+        hub.publish(event(3));
+        hub.close();
         writer.await.unwrap().unwrap();
         assert!(health.failing().is_none(), "recovered");
         let text = String::from_utf8(kept.lock().unwrap().clone()).unwrap();

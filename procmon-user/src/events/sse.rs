@@ -3,9 +3,9 @@
 //! One JSON event per message: `id:` is the event's sequence number, `event:` its kind.
 //! `?kind=oom_kill,crash` filters; `?since=SEQ` (or a `Last-Event-ID` header, which browsers
 //! send on reconnect) first replays the kept history after SEQ. A client that falls more than
-//! the buffer behind gets `event: dropped` with `{"dropped":N}` in place of what it lost
-//! (counted in `procmon_sse_dropped_events_total`); other clients and the agent never wait
-//! for it.
+//! the buffer behind gets `event: dropped` with `{"dropped":N}` in place of what it lost;
+//! other clients and the agent never wait for it. Its losses are counted in
+//! `procmon_sse_dropped_events_total` as they happen (hub.rs), also while it stalls.
 
 use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
 
@@ -20,10 +20,9 @@ use axum::{
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
 use serde::Deserialize;
-use tokio::sync::broadcast::{error::RecvError, Receiver};
 
 use crate::{
-    events::hub::Hub,
+    events::hub::{Hub, Receiver, RecvError},
     events::{EventKind, EventMsg},
 };
 
@@ -83,7 +82,7 @@ async fn events(
         )
             .into_response();
     }
-    let Some(sub) = state.hub.subscribe(since) else {
+    let Some(sub) = state.hub.subscribe(since, Some(state.dropped.clone())) else {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     };
     state.clients.inc();
@@ -97,7 +96,6 @@ async fn events(
         kinds,
         last_seq: 0,
         keepalive: tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE),
-        dropped: state.dropped,
         _connected: Connected(state.clients),
         greeted: false,
     };
@@ -132,13 +130,12 @@ struct Client {
     replay_after: u64,
     replay_until: u64,
     missed: u64,
-    rx: Receiver<EventMsg>,
+    rx: Receiver,
     /// Empty: every kind.
     kinds: Vec<EventKind>,
     /// Newest event sent, so the live stream never repeats the replay.
     last_seq: u64,
     keepalive: tokio::time::Interval,
-    dropped: IntCounter,
     _connected: Connected,
     greeted: bool,
 }
@@ -185,10 +182,8 @@ impl Client {
                         return Some(frame(&m));
                     }
                     Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => {
-                        self.dropped.inc_by(n);
-                        return Some(dropped_frame(n));
-                    }
+                    // Counted by the hub when they were lost.
+                    Err(RecvError::Lagged(n)) => return Some(dropped_frame(n)),
                     Err(RecvError::Closed) => return None,
                 },
                 _ = self.keepalive.tick() => return Some(Bytes::from_static(b": keepalive\n\n")),
@@ -314,7 +309,7 @@ mod tests {
         let hub = Arc::new(Hub::new(4, 8));
         let dropped = IntCounter::new("d", "d").unwrap();
         let clients = IntGauge::new("c", "c").unwrap();
-        let sub = hub.subscribe(Some(0)).unwrap();
+        let sub = hub.subscribe(Some(0), Some(dropped.clone())).unwrap();
         clients.inc();
         let mut c = Client {
             hub: hub.clone(),
@@ -326,7 +321,6 @@ mod tests {
             kinds: vec![EventKind::Exit],
             last_seq: 0,
             keepalive: tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE),
-            dropped: dropped.clone(),
             _connected: Connected(clients.clone()),
             greeted: false,
         };
@@ -339,6 +333,7 @@ mod tests {
             hub.publish(ev(EventKind::Exit));
         }
         hub.publish(ev(EventKind::Fork));
+        assert_eq!(dropped.get(), 7, "counted before the client reads");
         hub.close();
         let mut text = String::new();
         while let Some(f) = c.next_frame().await {
