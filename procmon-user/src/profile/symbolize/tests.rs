@@ -356,10 +356,34 @@ fn forget_drops_a_pids_frames() {
     let req = own(vec![probe_addr()]);
     h.symbolize_blocking(req.clone());
     assert_eq!(h.stats().cached_frames, 1);
+    assert_eq!(h.stats().file_frames, 1);
     h.forget(std::process::id());
-    h.symbolize_blocking(req);
+    h.symbolize_blocking(req.clone());
     // Forget is ordered before the second request on the channel.
-    assert_eq!(h.stats().resolved, 2, "resolved again after forget");
+    let s = h.stats();
+    assert_eq!(
+        s.cached_frames, 1,
+        "the pid's frame dropped, then cached again: {s:?}"
+    );
+    assert_eq!(
+        (s.resolved, s.cache_hits),
+        (1, 1),
+        "answered by file offset, not parsed again: {s:?}"
+    );
+}
+
+#[test]
+fn another_process_of_the_same_binary_is_answered_by_file_offset() {
+    let h = service(false);
+    let a = Sleeper::start();
+    let b = Sleeper::start();
+    let (text, _) = a.text();
+    let (text_b, _) = b.text();
+    let first = symbolize_one(&h, a.pid(), text + 0x40);
+    let second = symbolize_one(&h, b.pid(), text_b + 0x40);
+    assert_eq!(first, second);
+    let s = h.stats();
+    assert_eq!((s.resolved, s.cache_hits), (1, 1), "{s:?}");
 }
 
 #[test]
@@ -387,10 +411,11 @@ fn cache_cap_evicts_the_least_recently_used_process() {
     );
 
     h.symbolize_blocking(own(vec![f]));
+    let s = h.stats();
     assert_eq!(
-        h.stats().resolved,
-        5,
-        "our own process was evicted, so resolved again"
+        (s.cached_frames, s.resolved, s.cache_hits),
+        (3, 4, 1),
+        "our own process was evicted, so cached again, from the frames by file offset: {s:?}"
     );
 }
 
@@ -402,13 +427,14 @@ fn rebuilds_after_forgetting_enough_processes() {
         ..SymbolizeOptions::default()
     });
     let f = probe_addr();
-    for _ in 0..2 {
-        h.symbolize_blocking(own(vec![f]));
+    // A new address each time: one the frames by file offset do not have.
+    for i in 0..2 {
+        h.symbolize_blocking(own(vec![f + i]));
         h.forget(std::process::id());
     }
     // Forgetting a pid never symbolized does not count.
     h.forget(1);
-    let frame = symbolize_one(&h, std::process::id(), f);
+    let frame = symbolize_one(&h, std::process::id(), f + 2);
     assert!(
         frame.ends_with("procmon_probe_target"),
         "after a rebuild: {frame:?}"
