@@ -376,7 +376,7 @@ const FAMILIES: [Family; 16] = [
     family("procmon_profile_processes", Kind::Gauge, &[], "Processes whose recent stacks and CPU/RSS trajectory are kept for cpu_pegged, crash and oom_kill events."),
     family("procmon_profile_evictions_total", Kind::Counter, &[], "Processes whose recent stacks were dropped to stay within the bound."),
     family("procmon_symbolizer_frames", Kind::Gauge, &[], "Stack frames (address to name) cached by the symbolizer, all processes and the kernel, and by file offset."),
-    family("procmon_symbolizer_events_total", Kind::Counter, &["event"], "Symbolizer work: cache_hit and resolved (addresses answered from the cache, or looked up), evicted (processes dropped from the cache at its cap), rebuild (symbolizer dropped to release the binaries it parsed: idle after a drain, or after exited processes), panic (a lookup that failed inside the symbolizer; answered with raw addresses)."),
+    family("procmon_symbolizer_events_total", Kind::Counter, &["event"], "Symbolizer work: cache_hit and resolved (addresses answered from the cache, or looked up), evicted (processes dropped from the cache at its cap), rebuild (symbolizer dropped to release the binaries it parsed: idle after a drain, or after exited processes), kallsyms_load (kernel symbol index read, at a kernel address not cached after it was released), panic (a lookup that failed inside the symbolizer; answered with raw addresses)."),
 ];
 
 pub struct StateCollector {
@@ -484,6 +484,7 @@ impl Collector for StateCollector {
                 ("resolved", s.symbolizer.resolved),
                 ("evicted", s.symbolizer.evicted),
                 ("rebuild", s.symbolizer.rebuilds),
+                ("kallsyms_load", s.symbolizer.kallsyms_loads),
                 ("panic", s.symbolizer.panics),
             ]
             .into_iter()

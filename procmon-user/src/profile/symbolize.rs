@@ -162,6 +162,8 @@ pub struct SymbolizeStats {
     pub rebuilds: u64,
     /// Requests that panicked inside blazesym and were answered with hex frames.
     pub panics: u64,
+    /// Reads of /proc/kallsyms (the first kernel lookup, and each after a release).
+    pub kallsyms_loads: u64,
 }
 
 #[derive(Default)]
@@ -174,6 +176,7 @@ struct Counters {
     evicted: AtomicU64,
     rebuilds: AtomicU64,
     panics: AtomicU64,
+    kallsyms_loads: AtomicU64,
 }
 
 enum Msg {
@@ -276,6 +279,7 @@ impl SymbolizerHandle {
             evicted: get(&c.evicted),
             rebuilds: get(&c.rebuilds),
             panics: get(&c.panics),
+            kallsyms_loads: get(&c.kallsyms_loads),
         }
     }
 }
@@ -601,7 +605,9 @@ impl Service {
     fn resolve_kernel(&mut self, addrs: &[u64]) -> Vec<Resolved> {
         self.kernel_used = Some(Instant::now());
         // kallsyms only: a vmlinux search stats and may parse a ~500 MB debug image.
+        let counters = &self.counters;
         let kallsyms = self.kallsyms.get_or_insert_with(|| {
+            counters.kallsyms_loads.fetch_add(1, Ordering::Relaxed);
             Kallsyms::load().unwrap_or_else(|e| {
                 log::debug!("cannot read /proc/kallsyms ({e}); kernel frames stay addresses");
                 Kallsyms::default()

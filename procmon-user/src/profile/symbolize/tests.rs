@@ -467,6 +467,55 @@ fn releases_elf_data_when_idle_and_keeps_answering() {
     );
 }
 
+/// A kernel address of kallsyms' text symbols, or None where addresses are hidden.
+fn kernel_text_addr() -> Option<u64> {
+    std::fs::read_to_string("/proc/kallsyms")
+        .ok()?
+        .lines()
+        .find(|l| l.ends_with(" T schedule"))
+        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .filter(|&a| a != 0)
+}
+
+#[test]
+fn kallsyms_index_is_released_when_idle_and_kernel_frames_stay_cached() {
+    let Some(addr) = kernel_text_addr() else {
+        println!("skipped: /proc/kallsyms shows zero addresses (not root, or kptr_restrict)");
+        return;
+    };
+    let kernel = |h: &SymbolizerHandle, a: u64| {
+        h.symbolize_blocking(Request {
+            pid: std::process::id(),
+            user: vec![],
+            kernel: vec![a],
+        })
+        .kernel[0]
+            .to_string()
+    };
+    // The default keeps it for 10 s: two lookups in a row read kallsyms once.
+    let kept = service(false);
+    let name = kernel(&kept, addr);
+    assert!(
+        !name.starts_with('['),
+        "schedule at {addr:#x} gave {name:?}"
+    );
+    assert_eq!(kernel(&kept, addr + 1), name);
+    assert_eq!(kept.stats().kallsyms_loads, 1);
+
+    let h = SymbolizerHandle::spawn(SymbolizeOptions {
+        kernel_release_after_idle: Some(Duration::from_millis(10)),
+        ..SymbolizeOptions::default()
+    });
+    assert_eq!(kernel(&h, addr), name);
+    std::thread::sleep(Duration::from_millis(200));
+    // Cached: answered without the index.
+    assert_eq!(kernel(&h, addr), name);
+    assert_eq!(h.stats().kallsyms_loads, 1);
+    // A new address after the release: read again.
+    assert_eq!(kernel(&h, addr + 2), name);
+    assert_eq!(h.stats().kallsyms_loads, 2);
+}
+
 #[tokio::test]
 async fn async_symbolize_answers_from_a_task() {
     let h = service(false);
