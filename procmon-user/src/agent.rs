@@ -113,9 +113,15 @@ impl Pipeline {
         // ELF symbol tables only: blazesym's DWARF lookups cost more memory and, on gcc -O1
         // binaries, missed functions (main, hot_outer of the tests' C program) that the symbol
         // tables name.
-        let symbolizer = cpu
-            .as_ref()
-            .map(|_| SymbolizerHandle::spawn(SymbolizeOptions::default()));
+        let symbolize = match cfg.profile.release_symbolizer {
+            true => SymbolizeOptions::default(),
+            false => SymbolizeOptions {
+                release_after_idle: None,
+                kernel_release_after_idle: None,
+                ..SymbolizeOptions::default()
+            },
+        };
+        let symbolizer = cpu.as_ref().map(|_| SymbolizerHandle::spawn(symbolize));
         let decode_errors = Arc::new(DecodeErrors::default());
         let sink_health = Arc::new(sink::SinkHealth::default());
         let source = Arc::new(AgentHealth {

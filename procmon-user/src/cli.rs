@@ -179,7 +179,7 @@ pub struct CommonArgs {
     /// How often the tree is reconciled against /proc, e.g. 30s, 5m [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_reconcile_interval)]
     pub reconcile_interval: Option<Duration>,
-    /// Kernel ring-buffer size in bytes: a power of two, 64 KiB to 1 GiB [default: 4194304]
+    /// Kernel ring-buffer size in bytes: a power of two, 64 KiB to 1 GiB [default: 2097152]
     #[arg(long, value_name = "BYTES", value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: Option<u32>,
     /// CPU samples per second per CPU for recent stacks (cpu_pegged, crash and oom_kill
@@ -290,9 +290,10 @@ impl CommonArgs {
             (Some(n), _) => n,
             (None, Some(n)) => parse_ringbuf_bytes(&n.to_string())
                 .map_err(|e| SettingsError::key("ringbuf_bytes", e))?,
-            // 4 MiB holds ~19,000 fork+exit pairs; the agent drains every 50 ms. Each MiB is
-            // two MiB of the agent's RSS: the kernel maps the data pages twice.
-            (None, None) => 4 << 20,
+            // 2 MiB holds ~9,500 fork+exit pairs; the agent drains every 50 ms (a 10 s
+            // `stress-ng --fork 2` storm lost nothing). Each MiB is two MiB of the agent's
+            // RSS: the kernel maps the data pages twice.
+            (None, None) => 2 << 20,
         };
         let sample_interval = self
             .sample_interval

@@ -375,8 +375,8 @@ const FAMILIES: [Family; 16] = [
     family("procmon_cpu_pegged_processes", Kind::Gauge, &[], "Processes reported cpu_pegged and not cleared yet."),
     family("procmon_profile_processes", Kind::Gauge, &[], "Processes whose recent stacks and CPU/RSS trajectory are kept for cpu_pegged, crash and oom_kill events."),
     family("procmon_profile_evictions_total", Kind::Counter, &[], "Processes whose recent stacks were dropped to stay within the bound."),
-    family("procmon_symbolizer_frames", Kind::Gauge, &[], "Stack frames (address to name) cached by the symbolizer, all processes and the kernel."),
-    family("procmon_symbolizer_events_total", Kind::Counter, &["event"], "Symbolizer work: cache_hit and resolved (addresses answered from the cache, or looked up), evicted (processes dropped from the cache at its cap), rebuild (symbolizer rebuilt to release parsed binaries of exited processes), panic (a lookup that failed inside the symbolizer; answered with raw addresses)."),
+    family("procmon_symbolizer_frames", Kind::Gauge, &[], "Stack frames (address to name) cached by the symbolizer, all processes and the kernel, and by file offset."),
+    family("procmon_symbolizer_events_total", Kind::Counter, &["event"], "Symbolizer work: cache_hit and resolved (addresses answered from the cache, or looked up), evicted (processes dropped from the cache at its cap), rebuild (symbolizer dropped to release the binaries it parsed: idle after a drain, or after exited processes), kallsyms_load (kernel symbol index read, at a kernel address not cached after it was released), panic (a lookup that failed inside the symbolizer; answered with raw addresses)."),
 ];
 
 pub struct StateCollector {
@@ -478,12 +478,13 @@ impl Collector for StateCollector {
             one(s.pegged_now),
             one(s.profiled_processes),
             one(s.profile_evictions),
-            one(s.symbolizer.cached_frames),
+            one(s.symbolizer.cached_frames + s.symbolizer.file_frames),
             [
                 ("cache_hit", s.symbolizer.cache_hits),
                 ("resolved", s.symbolizer.resolved),
                 ("evicted", s.symbolizer.evicted),
                 ("rebuild", s.symbolizer.rebuilds),
+                ("kallsyms_load", s.symbolizer.kallsyms_loads),
                 ("panic", s.symbolizer.panics),
             ]
             .into_iter()

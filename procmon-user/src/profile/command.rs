@@ -167,6 +167,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<u8> {
     settings.pipeline.profile = ProfileConfig {
         hz,
         drain: DRAIN,
+        release_symbolizer: false,
         ..ProfileConfig::default()
     };
     let pipeline =

@@ -39,6 +39,9 @@ pub struct ProfileConfig {
     /// How far back stacks are kept per process.
     pub window: Duration,
     pub pegged: PeggedConfig,
+    /// Let the symbolizer drop what it parsed once idle (the agent, which runs for weeks);
+    /// `procmon profile` keeps it for its few seconds instead of parsing again each drain.
+    pub release_symbolizer: bool,
 }
 
 impl Default for ProfileConfig {
@@ -51,6 +54,7 @@ impl Default for ProfileConfig {
                 ratio: 0.95,
                 hold: Duration::from_secs(30),
             },
+            release_symbolizer: true,
         }
     }
 }

@@ -28,16 +28,21 @@
 //! - Frames are cached per process (address → frame) and per kernel, under one cap on the
 //!   total number of entries; past it, whole least-recently-used processes are evicted
 //!   (counted). [`SymbolizerHandle::forget`] drops a process' entries at exec and exit.
+//! - Frames in file mappings are also cached by file and file offset (files.rs), under a
+//!   cap of their own: a process's miss is first looked up there (one read of its maps), so
+//!   a new process of a known binary (a forked child, any user of libc) costs no parsing.
 //! - Equal names share one `Arc<str>` (interned), pruned once nothing else holds them.
 //! - blazesym keeps every ELF file it parsed for as long as the `Symbolizer` lives, keyed by
 //!   `/proc/PID/map_files/…` paths that it cannot evict by process: the files stay mapped
 //!   (their symbol tables resident: 30 MiB of RSS on a host running compilers, libLLVM's
 //!   alone 10) and their parsed symbol indices stay on the heap (~15 MiB). So user stacks go
-//!   through a `Symbolizer` that is dropped once the service has been idle for
-//!   [`RELEASE_AFTER_IDLE`] (after a drain of the agent's samples), at most every
-//!   [`RELEASE_EVERY`], and after a number of symbolized processes have been forgotten. Our own frame cache survives that, so only
-//!   new addresses pay for re-parsing. Kernel stacks have their own `Symbolizer`, kept:
-//!   kallsyms is one parse, shared by every process.
+//!   through a `Symbolizer` that is dropped [`RELEASE_AFTER_IDLE`] after its last lookup
+//!   (after each drain of the agent's samples that had to parse anything), and after a
+//!   number of symbolized processes have been forgotten. The frame caches survive that, so
+//!   only new addresses pay for re-parsing. Kernel stacks are looked up in our own compact
+//!   kallsyms index (kallsyms.rs, ~4.4 MiB; blazesym's took ~8), dropped
+//!   [`KERNEL_RELEASE_AFTER_IDLE`] after its last lookup. After either is dropped, glibc is
+//!   asked to return the freed pages (`malloc_trim`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -49,29 +54,39 @@ use std::{
         mpsc, Arc,
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use blazesym::{
     normalize::{NormalizeOpts, Normalizer, Reason as NormReason, UserMeta},
     symbolize::{
         evict::{Evict, Process as EvictProcess},
-        source::{Kernel, Process, Source},
+        source::{Process, Source},
         Input, Symbolized, Symbolizer,
     },
-    MaybeDefault,
 };
 use tokio::sync::oneshot;
 
-/// How long without requests before the user-space `Symbolizer` lets go of the ELF files
-/// it holds: the agent's drains come once a second, each a burst of per-process batches.
+/// How long without lookups before a `Symbolizer` lets go of the ELF files and kallsyms
+/// it holds: the agent's drains come once a second, each a burst of per-process batches,
+/// so this releases them after every drain that had to parse anything.
 const RELEASE_AFTER_IDLE: Duration = Duration::from_millis(200);
-/// ... but at most this often: re-parsing what is still in use costs CPU. Released after
-/// every drain, a watched parent forking 300 children a second (each sampled child
-/// symbolized in the parent's 40 MiB binary) cost the agent 6% of a core instead of 2%.
-const RELEASE_EVERY: Duration = Duration::from_secs(10);
+/// ... and no floor. A floor (10 s) was needed while frames were cached only by process: a
+/// watched parent forking 300 children a second (each sampled child symbolized again in the
+/// parent's 40 MiB binary) then cost the agent 6% of a core instead of 2%. Cached by file
+/// offset, a new child's frames are found without parsing.
+const RELEASE_EVERY: Duration = Duration::ZERO;
+/// How long without a kernel lookup (a kernel address the frame cache did not have) before
+/// the kallsyms index (~4.4 MiB) is let go. Reading /proc/kallsyms costs ~70 ms of CPU, most
+/// of it the kernel formatting the text; under a fork storm new kernel addresses come in
+/// every drain, and releasing after each cost the agent 6% of a core. Kept while misses
+/// keep coming, released once they stop: at worst one parse per this long (< 1% of a core).
+const KERNEL_RELEASE_AFTER_IDLE: Duration = Duration::from_secs(10);
 
-use self::cache::{FrameCache, Space};
+use self::{
+    cache::{FrameCache, Space},
+    kallsyms::Kallsyms,
+};
 
 /// One symbolized stack entry; see the module doc for its three forms. Never empty.
 pub type Frame = Arc<str>;
@@ -84,12 +99,16 @@ pub struct SymbolizeOptions {
     pub debug_syms: bool,
     /// Cap on cached frames across all processes and the kernel.
     pub max_cached_frames: usize,
+    /// Cap on cached frames by file offset, across all files.
+    pub max_cached_file_frames: usize,
     /// Build a fresh blazesym `Symbolizer` once this many processes that it symbolized have
     /// been forgotten, releasing the ELF data it keeps for them (see the module doc).
     pub rebuild_after_forgotten: usize,
-    /// Build a fresh user-space `Symbolizer` after this long without requests (None: never),
-    /// at most once per `release_every`.
+    /// Drop the user-space `Symbolizer` after this long without a lookup through it (None:
+    /// never), at most once per `release_every`.
     pub release_after_idle: Option<Duration>,
+    /// The same for the kernel `Symbolizer` (kallsyms), without a floor.
+    pub kernel_release_after_idle: Option<Duration>,
     pub release_every: Duration,
 }
 
@@ -99,8 +118,10 @@ impl Default for SymbolizeOptions {
             debug_syms: false,
             // ~100 bytes an entry with its share of the names: ~10 MiB at worst.
             max_cached_frames: 100_000,
+            max_cached_file_frames: 50_000,
             rebuild_after_forgotten: 256,
             release_after_idle: Some(RELEASE_AFTER_IDLE),
+            kernel_release_after_idle: Some(KERNEL_RELEASE_AFTER_IDLE),
             release_every: RELEASE_EVERY,
         }
     }
@@ -125,12 +146,14 @@ pub struct Response {
 /// Counters since the service started, readable without a round trip to its thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SymbolizeStats {
-    /// Addresses answered from the frame cache.
+    /// Addresses answered from the frame cache (by process or by file offset).
     pub cache_hits: u64,
     /// Addresses looked up through blazesym (cache misses).
     pub resolved: u64,
-    /// Frames in the cache now.
+    /// Frames in the cache now, by process and kernel address.
     pub cached_frames: u64,
+    /// Frames in the cache now, by file offset.
+    pub file_frames: u64,
     /// Distinct names interned now.
     pub interned_names: u64,
     /// Processes (or the kernel) whose entries were evicted to stay under the cap.
@@ -139,6 +162,8 @@ pub struct SymbolizeStats {
     pub rebuilds: u64,
     /// Requests that panicked inside blazesym and were answered with hex frames.
     pub panics: u64,
+    /// Reads of /proc/kallsyms (the first kernel lookup, and each after a release).
+    pub kallsyms_loads: u64,
 }
 
 #[derive(Default)]
@@ -146,10 +171,12 @@ struct Counters {
     cache_hits: AtomicU64,
     resolved: AtomicU64,
     cached_frames: AtomicU64,
+    file_frames: AtomicU64,
     interned_names: AtomicU64,
     evicted: AtomicU64,
     rebuilds: AtomicU64,
     panics: AtomicU64,
+    kallsyms_loads: AtomicU64,
 }
 
 enum Msg {
@@ -247,10 +274,12 @@ impl SymbolizerHandle {
             cache_hits: get(&c.cache_hits),
             resolved: get(&c.resolved),
             cached_frames: get(&c.cached_frames),
+            file_frames: get(&c.file_frames),
             interned_names: get(&c.interned_names),
             evicted: get(&c.evicted),
             rebuilds: get(&c.rebuilds),
             panics: get(&c.panics),
+            kallsyms_loads: get(&c.kallsyms_loads),
         }
     }
 }
@@ -321,10 +350,17 @@ struct Service {
     counters: Arc<Counters>,
     /// User stacks; released when idle (see the module doc).
     symbolizer: Symbolizer,
-    built_at: std::time::Instant,
-    kernel_symbolizer: Symbolizer,
+    built_at: Instant,
+    /// When `symbolizer` was last used, if it may hold anything since it was built.
+    user_used: Option<Instant>,
+    /// Kernel stacks (kallsyms), loaded at the first kernel address the frame cache does not
+    /// have and released when idle.
+    kallsyms: Option<Kallsyms>,
+    kernel_used: Option<Instant>,
     normalizer: Normalizer,
     cache: FrameCache,
+    /// Frames by file offset, shared by every process mapping the file.
+    files: FrameCache,
     /// Processes looked up through the current `symbolizer`.
     touched: HashSet<u32>,
     forgotten_since_build: usize,
@@ -335,11 +371,14 @@ impl Service {
     fn new(opts: SymbolizeOptions, counters: Arc<Counters>) -> Self {
         Self {
             symbolizer: build_symbolizer(),
-            built_at: std::time::Instant::now(),
-            kernel_symbolizer: build_symbolizer(),
+            built_at: Instant::now(),
+            user_used: None,
+            kallsyms: None,
+            kernel_used: None,
             // Build IDs are for shipping offsets elsewhere; we only need the file's name.
             normalizer: Normalizer::builder().enable_build_ids(false).build(),
             cache: FrameCache::new(opts.max_cached_frames),
+            files: FrameCache::new(opts.max_cached_file_frames),
             touched: HashSet::new(),
             forgotten_since_build: 0,
             map_files: map_files_usable(),
@@ -357,7 +396,7 @@ impl Service {
             let msg = match received {
                 Ok(msg) => msg,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.rebuild();
+                    self.release_idle();
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -372,7 +411,7 @@ impl Service {
                                 let pid = reqs.first().map_or(0, |r| r.pid);
                                 log::warn!("symbolizer panicked on pid {pid}; rebuilding it");
                                 self.rebuild();
-                                self.kernel_symbolizer = build_symbolizer();
+                                self.rebuild_kernel();
                                 reqs.iter().map(hex_response).collect()
                             }
                         };
@@ -384,6 +423,8 @@ impl Service {
                     self.publish_sizes();
                 }
             }
+            // A stream of requests (forgets at every exit) must not hold the release off.
+            self.release_idle();
         }
     }
 
@@ -412,7 +453,7 @@ impl Service {
     }
 
     fn after_request(&mut self) {
-        let evicted = self.cache.enforce_cap();
+        let evicted = self.cache.enforce_cap() + self.files.enforce_cap();
         self.counters.evicted.fetch_add(evicted, Ordering::Relaxed);
         self.cache.maybe_prune_names();
     }
@@ -432,33 +473,69 @@ impl Service {
             }
             out.push(hit);
         }
-        let hits = out.iter().filter(|f| f.is_some()).count() as u64;
-        self.counters.cache_hits.fetch_add(hits, Ordering::Relaxed);
+        let mut hits = out.iter().filter(|f| f.is_some()).count() as u64;
         if misses.is_empty() {
+            self.counters.cache_hits.fetch_add(hits, Ordering::Relaxed);
             return out.into_iter().flatten().collect();
         }
+        let mut fresh: HashMap<u64, Frame> = HashMap::with_capacity(misses.len());
+        // A process's misses may be file offsets another process's lookups cached.
+        let mut located = match space {
+            Space::Process(pid) => files::locate(pid, &misses, self.map_files),
+            _ => vec![None; misses.len()],
+        };
+        if located.iter().any(Option::is_some) {
+            let mut left = Vec::with_capacity(misses.len());
+            let mut left_located = Vec::with_capacity(misses.len());
+            for (&addr, loc) in misses.iter().zip(located) {
+                let hit = loc.and_then(|(id, off)| {
+                    self.files.touch(Space::File(id));
+                    self.files.get(Space::File(id), off)
+                });
+                match hit {
+                    Some(frame) => {
+                        self.cache.insert(space, addr, Arc::clone(&frame));
+                        fresh.insert(addr, frame);
+                    }
+                    None => {
+                        left.push(addr);
+                        left_located.push(loc);
+                    }
+                }
+            }
+            hits += (misses.len() - left.len()) as u64;
+            misses = left;
+            located = left_located;
+        }
+        self.counters.cache_hits.fetch_add(hits, Ordering::Relaxed);
         self.counters
             .resolved
             .fetch_add(misses.len() as u64, Ordering::Relaxed);
 
         let resolved = match space {
+            _ if misses.is_empty() => Vec::new(),
             Space::Kernel => self.resolve_kernel(&misses),
             Space::Process(pid) => self.resolve_user(pid, &misses),
+            Space::File(_) => unreachable!("lookups are by process or kernel"),
         };
-        let mut fresh: HashMap<u64, Frame> = HashMap::with_capacity(misses.len());
-        for (&addr, r) in misses.iter().zip(resolved) {
-            let (frame, cache) = match r {
-                Resolved::Name(name) => (self.cache.intern(&name), true),
+        for ((&addr, r), loc) in misses.iter().zip(resolved).zip(located) {
+            // Per file only what the file itself says: an unknown address may be a process
+            // that exited between the two reads of its maps.
+            let (frame, cache, per_file) = match r {
+                Resolved::Name(name) => (self.cache.intern(&name), true, true),
                 Resolved::Module(module, off) => {
                     let mut s = module;
                     let _ = write!(s, "+{off:#x}");
-                    (self.cache.intern(&s), true)
+                    (self.cache.intern(&s), true, true)
                 }
-                Resolved::Anonymous => (Arc::from(unknown_frame(addr)), false),
-                Resolved::Unknown => (Arc::from(unknown_frame(addr)), true),
+                Resolved::Anonymous => (Arc::from(unknown_frame(addr)), false, false),
+                Resolved::Unknown => (Arc::from(unknown_frame(addr)), true, false),
             };
             if cache {
                 self.cache.insert(space, addr, Arc::clone(&frame));
+            }
+            if let (true, Some((id, off))) = (per_file, loc) {
+                self.files.insert(Space::File(id), off, Arc::clone(&frame));
             }
             fresh.insert(addr, frame);
         }
@@ -470,6 +547,7 @@ impl Service {
 
     fn resolve_user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Resolved> {
         self.touched.insert(pid);
+        self.user_used = Some(Instant::now());
         let src = Source::Process(Process {
             debug_syms: self.opts.debug_syms,
             // JIT runtimes (node --perf-basic-prof, JVM agents, .NET) describe their code
@@ -525,21 +603,19 @@ impl Service {
     }
 
     fn resolve_kernel(&mut self, addrs: &[u64]) -> Vec<Resolved> {
-        let src = Source::Kernel(Kernel {
-            // kallsyms only: the vmlinux search stats and may parse a ~500 MB debug image.
-            vmlinux: MaybeDefault::None,
-            debug_syms: false,
-            ..Kernel::default()
-        });
-        let syms = self
-            .kernel_symbolizer
-            .symbolize(&src, Input::AbsAddr(addrs))
-            .unwrap_or_default();
-        (0..addrs.len())
-            .map(|i| match syms.get(i) {
-                Some(Symbolized::Sym(sym)) => named(&sym.name),
-                _ => Resolved::Unknown,
+        self.kernel_used = Some(Instant::now());
+        // kallsyms only: a vmlinux search stats and may parse a ~500 MB debug image.
+        let counters = &self.counters;
+        let kallsyms = self.kallsyms.get_or_insert_with(|| {
+            counters.kallsyms_loads.fetch_add(1, Ordering::Relaxed);
+            Kallsyms::load().unwrap_or_else(|e| {
+                log::debug!("cannot read /proc/kallsyms ({e}); kernel frames stay addresses");
+                Kallsyms::default()
             })
+        });
+        addrs
+            .iter()
+            .map(|&a| kallsyms.find(a).map_or(Resolved::Unknown, named))
             .collect()
     }
 
@@ -558,31 +634,59 @@ impl Service {
         self.cache.maybe_prune_names();
     }
 
-    /// How long to wait for a request before releasing the user-space `Symbolizer`, if it
-    /// holds anything and may be released: idle for `release_after_idle`, and
-    /// `release_every` since it was built.
-    fn release_due(&self) -> Option<Duration> {
+    /// When the user-space symbolizer, if it holds anything, may be released: idle for
+    /// `release_after_idle`, and `release_every` since it was built.
+    fn user_due(&self) -> Option<Instant> {
         let idle = self.opts.release_after_idle?;
-        if self.touched.is_empty() {
-            return None;
+        Some((self.user_used? + idle).max(self.built_at + self.opts.release_every))
+    }
+
+    /// When the kernel symbolizer, if it holds anything, may be released.
+    fn kernel_due(&self) -> Option<Instant> {
+        Some(self.kernel_used? + self.opts.kernel_release_after_idle?)
+    }
+
+    /// How long to wait for a request before releasing a symbolizer, if one is to be.
+    fn release_due(&self) -> Option<Duration> {
+        let at = self.user_due().into_iter().chain(self.kernel_due()).min()?;
+        Some(at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Releases the symbolizers whose time has come (see [`Self::release_due`]).
+    fn release_idle(&mut self) {
+        let now = Instant::now();
+        if self.user_due().is_some_and(|at| at <= now) {
+            self.rebuild();
         }
-        let age = self.built_at.elapsed();
-        Some(idle.max(self.opts.release_every.saturating_sub(age)))
+        if self.kernel_due().is_some_and(|at| at <= now) {
+            self.rebuild_kernel();
+        }
     }
 
     /// A fresh user-space `Symbolizer`: the old one's files and indices are released.
     fn rebuild(&mut self) {
-        self.built_at = std::time::Instant::now();
+        self.built_at = Instant::now();
+        self.user_used = None;
         self.symbolizer = build_symbolizer();
         self.touched.clear();
         self.forgotten_since_build = 0;
         self.counters.rebuilds.fetch_add(1, Ordering::Relaxed);
+        crate::allocator::release_free();
+    }
+
+    /// Releases the kallsyms index.
+    fn rebuild_kernel(&mut self) {
+        self.kernel_used = None;
+        self.kallsyms = None;
+        crate::allocator::release_free();
     }
 
     fn publish_sizes(&self) {
         let c = &self.counters;
         c.cached_frames
             .store(self.cache.len() as u64, Ordering::Relaxed);
+        c.file_frames
+            .store(self.files.len() as u64, Ordering::Relaxed);
         c.interned_names
             .store(self.cache.interned() as u64, Ordering::Relaxed);
     }
@@ -641,5 +745,7 @@ fn map_files_usable() -> bool {
 }
 
 mod cache;
+mod files;
+mod kallsyms;
 #[cfg(test)]
 mod tests;

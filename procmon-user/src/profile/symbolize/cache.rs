@@ -6,13 +6,15 @@ use std::{
     sync::Arc,
 };
 
-use super::Frame;
+use super::{files::FileId, Frame};
 
-/// What the frame cache is keyed by: kernel addresses mean the same in every process.
+/// What the frame cache is keyed by: kernel addresses mean the same in every process, and
+/// file offsets the same in every process that maps the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) enum Space {
     Kernel,
     Process(u32),
+    File(FileId),
 }
 
 struct SpaceCache {

@@ -356,10 +356,34 @@ fn forget_drops_a_pids_frames() {
     let req = own(vec![probe_addr()]);
     h.symbolize_blocking(req.clone());
     assert_eq!(h.stats().cached_frames, 1);
+    assert_eq!(h.stats().file_frames, 1);
     h.forget(std::process::id());
-    h.symbolize_blocking(req);
+    h.symbolize_blocking(req.clone());
     // Forget is ordered before the second request on the channel.
-    assert_eq!(h.stats().resolved, 2, "resolved again after forget");
+    let s = h.stats();
+    assert_eq!(
+        s.cached_frames, 1,
+        "the pid's frame dropped, then cached again: {s:?}"
+    );
+    assert_eq!(
+        (s.resolved, s.cache_hits),
+        (1, 1),
+        "answered by file offset, not parsed again: {s:?}"
+    );
+}
+
+#[test]
+fn another_process_of_the_same_binary_is_answered_by_file_offset() {
+    let h = service(false);
+    let a = Sleeper::start();
+    let b = Sleeper::start();
+    let (text, _) = a.text();
+    let (text_b, _) = b.text();
+    let first = symbolize_one(&h, a.pid(), text + 0x40);
+    let second = symbolize_one(&h, b.pid(), text_b + 0x40);
+    assert_eq!(first, second);
+    let s = h.stats();
+    assert_eq!((s.resolved, s.cache_hits), (1, 1), "{s:?}");
 }
 
 #[test]
@@ -387,10 +411,11 @@ fn cache_cap_evicts_the_least_recently_used_process() {
     );
 
     h.symbolize_blocking(own(vec![f]));
+    let s = h.stats();
     assert_eq!(
-        h.stats().resolved,
-        5,
-        "our own process was evicted, so resolved again"
+        (s.cached_frames, s.resolved, s.cache_hits),
+        (3, 4, 1),
+        "our own process was evicted, so cached again, from the frames by file offset: {s:?}"
     );
 }
 
@@ -402,13 +427,14 @@ fn rebuilds_after_forgetting_enough_processes() {
         ..SymbolizeOptions::default()
     });
     let f = probe_addr();
-    for _ in 0..2 {
-        h.symbolize_blocking(own(vec![f]));
+    // A new address each time: one the frames by file offset do not have.
+    for i in 0..2 {
+        h.symbolize_blocking(own(vec![f + i]));
         h.forget(std::process::id());
     }
     // Forgetting a pid never symbolized does not count.
     h.forget(1);
-    let frame = symbolize_one(&h, std::process::id(), f);
+    let frame = symbolize_one(&h, std::process::id(), f + 2);
     assert!(
         frame.ends_with("procmon_probe_target"),
         "after a rebuild: {frame:?}"
@@ -439,6 +465,55 @@ fn releases_elf_data_when_idle_and_keeps_answering() {
         frame.ends_with("procmon_probe_target"),
         "after a release: {frame:?}"
     );
+}
+
+/// A kernel address of kallsyms' text symbols, or None where addresses are hidden.
+fn kernel_text_addr() -> Option<u64> {
+    std::fs::read_to_string("/proc/kallsyms")
+        .ok()?
+        .lines()
+        .find(|l| l.ends_with(" T schedule"))
+        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .filter(|&a| a != 0)
+}
+
+#[test]
+fn kallsyms_index_is_released_when_idle_and_kernel_frames_stay_cached() {
+    let Some(addr) = kernel_text_addr() else {
+        println!("skipped: /proc/kallsyms shows zero addresses (not root, or kptr_restrict)");
+        return;
+    };
+    let kernel = |h: &SymbolizerHandle, a: u64| {
+        h.symbolize_blocking(Request {
+            pid: std::process::id(),
+            user: vec![],
+            kernel: vec![a],
+        })
+        .kernel[0]
+            .to_string()
+    };
+    // The default keeps it for 10 s: two lookups in a row read kallsyms once.
+    let kept = service(false);
+    let name = kernel(&kept, addr);
+    assert!(
+        !name.starts_with('['),
+        "schedule at {addr:#x} gave {name:?}"
+    );
+    assert_eq!(kernel(&kept, addr + 1), name);
+    assert_eq!(kept.stats().kallsyms_loads, 1);
+
+    let h = SymbolizerHandle::spawn(SymbolizeOptions {
+        kernel_release_after_idle: Some(Duration::from_millis(10)),
+        ..SymbolizeOptions::default()
+    });
+    assert_eq!(kernel(&h, addr), name);
+    std::thread::sleep(Duration::from_millis(200));
+    // Cached: answered without the index.
+    assert_eq!(kernel(&h, addr), name);
+    assert_eq!(h.stats().kallsyms_loads, 1);
+    // A new address after the release: read again.
+    assert_eq!(kernel(&h, addr + 2), name);
+    assert_eq!(h.stats().kallsyms_loads, 2);
 }
 
 #[tokio::test]
