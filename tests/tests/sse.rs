@@ -70,26 +70,40 @@ fn slow_client_never_stalls_a_reading_client_and_memory_stays_bounded() {
     .expect("both /events clients connected");
     let rss_before = vm_rss_kb(agent.pid());
 
-    // Read in the background while the burst runs; stop at the burst process's own exit.
+    // Read in the background while the burst runs, until the burst and its children are gone.
     let (tx, rx) = std::sync::mpsc::channel::<u32>();
     let collector = thread::spawn(move || {
         let mut messages: Vec<Message> = Vec::new();
         let mut burst_pid: Option<u32> = None;
+        // The burst's own exit can come before some of its children's: an exit is held until
+        // the process's release, at most RELEASE_WAIT (1 s), and goes out in release order.
+        // So reading goes on after it, until every child's exit is in or 3 s have passed.
+        let mut burst_exit_at: Option<Instant> = None;
+        let mut child_exits = 0;
+        let is_exit_of = |m: &Message, field: &str, pid: u32| {
+            m.event.as_deref() == Some("exit")
+                && serde_json::from_str::<Value>(&m.data).unwrap()[field] == pid
+        };
         let deadline = Instant::now() + TIMEOUT;
         while Instant::now() < deadline {
             if burst_pid.is_none() {
                 burst_pid = rx.try_recv().ok();
             }
-            let done = burst_pid.is_some_and(|p| {
-                messages.iter().any(|m| {
-                    m.event.as_deref() == Some("exit")
-                        && serde_json::from_str::<Value>(&m.data).unwrap()["pid"] == p
-                })
-            });
-            if done {
-                break;
+            if let (Some(p), None) = (burst_pid, burst_exit_at) {
+                if messages.iter().any(|m| is_exit_of(m, "pid", p)) {
+                    burst_exit_at = Some(Instant::now());
+                    child_exits = messages.iter().filter(|m| is_exit_of(m, "ppid", p)).count();
+                }
+            }
+            if let Some(at) = burst_exit_at {
+                if child_exits >= CHILDREN || at.elapsed() > Duration::from_secs(3) {
+                    break;
+                }
             }
             if let Some(m) = reader.next_message() {
+                if burst_exit_at.is_some() && is_exit_of(&m, "ppid", burst_pid.unwrap()) {
+                    child_exits += 1;
+                }
                 messages.push(m);
             }
         }
