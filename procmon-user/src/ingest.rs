@@ -43,6 +43,7 @@ pub(crate) struct Counters {
     recovered_exits: IntCounter,
     exits_before_release: IntCounter,
     releases_forgotten: IntCounter,
+    releases_late: IntCounter,
     // Labelled by workload: looked up per (rare) OOM kill or crash.
     pub(crate) oom_kills: IntCounterVec,
     pub(crate) crashes: IntCounterVec,
@@ -99,6 +100,7 @@ impl Ingest {
                 recovered_exits: metrics.recovered_exits.clone(),
                 exits_before_release: metrics.exits_before_release.clone(),
                 releases_forgotten: metrics.releases_forgotten.clone(),
+                releases_late: metrics.releases_late.clone(),
                 oom_kills: metrics.oom_kills.clone(),
                 crashes: metrics.crashes.clone(),
             },
@@ -194,7 +196,10 @@ impl Batch<'_> {
     fn on_release(&mut self, r: &ExitRecord) {
         match self.deaths.awaiting.release(r) {
             Released::Held(held) => self.finish_exit(held, true),
-            Released::Late { process, cpu_ns } => self.state.late_cpu(&process, cpu_ns),
+            Released::Late { process, cpu_ns } => {
+                self.ingest.counters.releases_late.inc();
+                self.state.late_cpu(&process, cpu_ns);
+            }
             Released::Unseen => {
                 // The exit tracepoint's run was skipped (preemptible tracepoints, 7.x): the
                 // release is the exit, CPU exact, memory figures but the peak lost.
@@ -618,6 +623,32 @@ pub(crate) mod tests {
             .apply(&encode(&rec::release(&exit, 5_000_000)));
         assert!(rx.try_recv().is_err());
         assert_eq!(metrics.exits.with_label_values(&["clean"]).get(), 1);
+    }
+
+    #[test]
+    fn a_release_after_the_early_report_is_counted_late() {
+        let (metrics, ingest, shared, mut rx) = setup();
+        let start = 5_000_000_000;
+        let exit = rec::exit(10, 1, start, 0);
+        let mut batch = ingest.batch(&shared);
+        batch.apply(&encode(&rec::fork(10, 1, start)));
+        batch.apply(&encode(&exit));
+        batch.expire_exits(exit.time_ns + crate::release::RELEASE_WAIT_NS);
+        drop(batch);
+        let _fork = next_json(&mut rx);
+        assert_eq!(next_json(&mut rx)["cpu_final"].as_bool(), Some(false));
+        assert_eq!(metrics.releases_late.get(), 0, "not released yet");
+        ingest
+            .batch(&shared)
+            .apply(&encode(&rec::release(&exit, 5_000_000)));
+        assert!(rx.try_recv().is_err(), "no second exit");
+        assert_eq!(
+            (
+                metrics.exits_before_release.get(),
+                metrics.releases_late.get()
+            ),
+            (1, 1)
+        );
     }
 
     #[test]

@@ -104,6 +104,10 @@ fn an_exit_is_reported_while_its_parent_keeps_it_a_zombie() {
         m.get_or_zero("procmon_exits_before_release_total", &[]) >= 1.0,
         "the early report is counted"
     );
+    assert!(
+        m.get_or_zero("procmon_exits_released_late_total", &[]) >= 1.0,
+        "the late release is counted"
+    );
     assert_eq!(
         events_for(&agent.events(), "exit", child).len(),
         1,

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub recovered_exits: IntCounter,
     pub exits_before_release: IntCounter,
     pub releases_forgotten: IntCounter,
+    pub releases_late: IntCounter,
     pub cpu_pegged: IntCounterVec,
     pub http_refused: IntCounter,
     pub http_auth_failures: IntCounterVec,
@@ -208,6 +209,11 @@ impl Metrics {
             "Exits reported before their release that were forgotten (65,536 are remembered) before it came: the CPU their exit path spent after the exit tracepoint is not attributed.",
         )
         .unwrap();
+        let releases_late = IntCounter::new(
+            "procmon_exits_released_late_total",
+            "Releases that came after their exit was reported (cpu_final false): the CPU their exit path spent after the exit tracepoint was then added to the CPU counters. Of procmon_exits_before_release_total, those that were released late, as opposed to not yet or never.",
+        )
+        .unwrap();
         let cpu_pegged = IntCounterVec::new(
             Opts::new(
                 "procmon_cpu_pegged_total",
@@ -271,6 +277,7 @@ impl Metrics {
             Box::new(recovered_exits.clone()),
             Box::new(exits_before_release.clone()),
             Box::new(releases_forgotten.clone()),
+            Box::new(releases_late.clone()),
             Box::new(cpu_pegged.clone()),
             Box::new(http_refused.clone()),
             Box::new(http_auth_failures.clone()),
@@ -297,6 +304,7 @@ impl Metrics {
             recovered_exits,
             exits_before_release,
             releases_forgotten,
+            releases_late,
             cpu_pegged,
             http_refused,
             http_auth_failures,
