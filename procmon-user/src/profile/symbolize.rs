@@ -69,13 +69,12 @@ use tokio::sync::oneshot;
 
 /// How long without lookups before a `Symbolizer` lets go of the ELF files and kallsyms
 /// it holds: the agent's drains come once a second, each a burst of per-process batches,
-/// so this releases them after every drain that had to parse anything.
+/// so this releases them after every drain that had to parse anything. NB: no floor. One
+/// (10 s) was needed while frames were cached only by process: a watched parent forking 300
+/// children a second (each sampled child symbolized again in the parent's 40 MiB binary)
+/// then cost the agent 6% of a core instead of 2%. Cached by file offset, a new child's
+/// frames are found without parsing.
 const RELEASE_AFTER_IDLE: Duration = Duration::from_millis(200);
-/// ... and no floor. A floor (10 s) was needed while frames were cached only by process: a
-/// watched parent forking 300 children a second (each sampled child symbolized again in the
-/// parent's 40 MiB binary) then cost the agent 6% of a core instead of 2%. Cached by file
-/// offset, a new child's frames are found without parsing.
-const RELEASE_EVERY: Duration = Duration::ZERO;
 /// How long without a kernel lookup (a kernel address the frame cache did not have) before
 /// the kallsyms index (~4.4 MiB) is let go. Reading /proc/kallsyms costs ~70 ms of CPU, most
 /// of it the kernel formatting the text; under a fork storm new kernel addresses come in
@@ -105,11 +104,10 @@ pub struct SymbolizeOptions {
     /// been forgotten, releasing the ELF data it keeps for them (see the module doc).
     pub rebuild_after_forgotten: usize,
     /// Drop the user-space `Symbolizer` after this long without a lookup through it (None:
-    /// never), at most once per `release_every`.
+    /// never).
     pub release_after_idle: Option<Duration>,
-    /// The same for the kernel `Symbolizer` (kallsyms), without a floor.
+    /// The same for the kernel index (kallsyms).
     pub kernel_release_after_idle: Option<Duration>,
-    pub release_every: Duration,
 }
 
 impl Default for SymbolizeOptions {
@@ -122,7 +120,6 @@ impl Default for SymbolizeOptions {
             rebuild_after_forgotten: 256,
             release_after_idle: Some(RELEASE_AFTER_IDLE),
             kernel_release_after_idle: Some(KERNEL_RELEASE_AFTER_IDLE),
-            release_every: RELEASE_EVERY,
         }
     }
 }
@@ -350,7 +347,6 @@ struct Service {
     counters: Arc<Counters>,
     /// User stacks; released when idle (see the module doc).
     symbolizer: Symbolizer,
-    built_at: Instant,
     /// When `symbolizer` was last used, if it may hold anything since it was built.
     user_used: Option<Instant>,
     /// Kernel stacks (kallsyms), loaded at the first kernel address the frame cache does not
@@ -371,7 +367,6 @@ impl Service {
     fn new(opts: SymbolizeOptions, counters: Arc<Counters>) -> Self {
         Self {
             symbolizer: build_symbolizer(),
-            built_at: Instant::now(),
             user_used: None,
             kallsyms: None,
             kernel_used: None,
@@ -635,10 +630,9 @@ impl Service {
     }
 
     /// When the user-space symbolizer, if it holds anything, may be released: idle for
-    /// `release_after_idle`, and `release_every` since it was built.
+    /// `release_after_idle`.
     fn user_due(&self) -> Option<Instant> {
-        let idle = self.opts.release_after_idle?;
-        Some((self.user_used? + idle).max(self.built_at + self.opts.release_every))
+        Some(self.user_used? + self.opts.release_after_idle?)
     }
 
     /// When the kernel symbolizer, if it holds anything, may be released.
@@ -665,7 +659,6 @@ impl Service {
 
     /// A fresh user-space `Symbolizer`: the old one's files and indices are released.
     fn rebuild(&mut self) {
-        self.built_at = Instant::now();
         self.user_used = None;
         self.symbolizer = build_symbolizer();
         self.touched.clear();

@@ -446,7 +446,6 @@ fn rebuilds_after_forgetting_enough_processes() {
 fn releases_elf_data_when_idle_and_keeps_answering() {
     let h = SymbolizerHandle::spawn(SymbolizeOptions {
         release_after_idle: Some(std::time::Duration::from_millis(10)),
-        release_every: std::time::Duration::ZERO,
         ..SymbolizeOptions::default()
     });
     let f = probe_addr();
