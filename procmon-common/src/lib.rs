@@ -485,23 +485,42 @@ pub struct ProbeConfig {
     /// Records are submitted without waking the reader until this many bytes are pending;
     /// the reader also drains on a timer. Bounds wakeups under fork storms.
     pub wakeup_bytes: u64,
+    /// [`cost_floor`]: 0 in normal operation. The benchmark's other values make the
+    /// lifecycle probes stop early, to measure what the hooks themselves cost.
+    pub cost_floor: u32,
+    pub _pad: u32,
 }
 
 impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
             wakeup_bytes: 64 * 1024,
+            cost_floor: cost_floor::NONE,
+            _pad: 0,
         }
     }
 }
 
-const _: () = assert!(size_of::<ProbeConfig>() == 8);
+const _: () = assert!(size_of::<ProbeConfig>() == 16);
+
+/// How far the lifecycle probes (fork, exit, release) go, for `cargo xtask bench floor`,
+/// which measures the floor under the BPF cost of a process lifecycle: what any design
+/// with a record at each of these three hooks pays before it reads or writes any data.
+pub mod cost_floor {
+    /// Normal operation: every record is sent.
+    pub const NONE: u32 = 0;
+    /// Each program stops after telling whether this run concerns a process (the identity
+    /// reads it needs for that), and sends nothing.
+    pub const HOOKS: u32 = 1;
+    /// As [`HOOKS`], plus a ring-buffer reservation of the record, discarded.
+    pub const RING: u32 = 2;
+}
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), integer fields only, no implicit padding (sizes asserted above).
     unsafe impl aya::Pod for super::KernelOffsets {}
-    // SAFETY: repr(C) with a single u64 field (size 8, asserted above): no padding, and every
+    // SAFETY: repr(C), a u64 then two u32 (size 16, asserted above): no padding, and every
     // bit pattern is a valid value.
     unsafe impl aya::Pod for super::ProbeConfig {}
     // SAFETY: repr(C), four 4-byte integers (size 16, asserted above): no padding, and every

@@ -24,7 +24,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use procmon_common::{stat, KernelOffsets, ProbeConfig};
+use procmon_common::{cost_floor, stat, KernelOffsets, ProbeConfig};
 
 /// Default size; the agent overrides it at load time (`--ringbuf-bytes`).
 #[map]
@@ -52,6 +52,8 @@ static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 #[unsafe(no_mangle)]
 static CONFIG: ProbeConfig = ProbeConfig {
     wakeup_bytes: 64 * 1024,
+    cost_floor: cost_floor::NONE,
+    _pad: 0,
 };
 
 /// Load-time globals live in a frozen .rodata map: the volatile read keeps the compiler from
@@ -96,12 +98,32 @@ fn count(index: u32) {
 /// a fork storm does not cost one wakeup per event.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
-    // SAFETY: as in `offsets`: a static, read-only once loaded, read volatile.
-    let wakeup_bytes = unsafe { core::ptr::read_volatile(&CONFIG) }.wakeup_bytes;
+    // SAFETY: as in `offsets`: a field of a static, read-only once loaded, read volatile.
+    let wakeup_bytes =
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CONFIG.wakeup_bytes)) };
     if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Whether a lifecycle probe stops here, having told that its run concerns a process:
+/// `cargo xtask bench floor` measures the hooks' own cost that way (procmon_common::cost_floor).
+/// With `RING` it first reserves a `T` in the ring buffer and discards it. In normal
+/// operation the verifier knows the constant and removes this code.
+#[inline(always)]
+fn cost_floor_stop<T: 'static>() -> bool {
+    // SAFETY: as in `offsets`: a field of a static, read-only once loaded, read volatile.
+    match unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CONFIG.cost_floor)) } {
+        cost_floor::NONE => false,
+        cost_floor::RING => {
+            if let Some(entry) = EVENTS.reserve::<T>(0) {
+                entry.discard(BPF_RB_NO_WAKEUP as u64);
+            }
+            true
+        }
+        _ => true,
     }
 }
 

@@ -15,7 +15,7 @@ use procmon_common::{
 };
 
 use crate::{
-    cgroup, count, off, offsets,
+    cgroup, cost_floor_stop, count, off, offsets,
     task::{
         mm_counter, parent_identity_direct, Kptr, ATOMIC_LONG_STRIDE, MM_ANONPAGES, MM_FILEPAGES,
         MM_SHMEMPAGES,
@@ -83,6 +83,9 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let task = Kptr(ctx.arg(0));
     if !is_group_dead(ctx, task) {
         count(stat::THREAD_EXITS);
+        return Ok(());
+    }
+    if cost_floor_stop::<ExitRecord>() {
         return Ok(());
     }
     // SAFETY: bpf_ktime_get_boot_ns has no preconditions.

@@ -13,7 +13,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use procmon_common::{fork_flags, kind, stat, ForkRecord, RecordHeader};
 
 use crate::{
-    count, off,
+    cost_floor_stop, count, off,
     task::{parent_identity_direct, Kptr},
     wakeup_flags, EVENTS,
 };
@@ -36,6 +36,9 @@ fn try_sched_wakeup_new(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let tgid: u32 = child.field(off!(task_tgid));
     if pid != tgid {
         // A new thread, not a new process: the tree tracks thread groups.
+        return Ok(());
+    }
+    if cost_floor_stop::<ForkRecord>() {
         return Ok(());
     }
     let mut entry = EVENTS

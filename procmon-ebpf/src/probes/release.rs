@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use procmon_common::{exit_flags, kind, stat, ExitRecord, RecordHeader, COMM_LEN};
 
-use crate::{count, off, task::Kptr, wakeup_flags, EVENTS};
+use crate::{cost_floor_stop, count, off, task::Kptr, wakeup_flags, EVENTS};
 
 #[btf_tracepoint(function = "sched_process_free")]
 pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
@@ -37,6 +37,9 @@ fn try_sched_process_free(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let pid: u32 = task.field(off!(task_tgid));
     if tid != pid {
         // Not a leader: its process lives on, or its leader's release follows.
+        return Ok(());
+    }
+    if cost_floor_stop::<ExitRecord>() {
         return Ok(());
     }
     let mut entry = EVENTS

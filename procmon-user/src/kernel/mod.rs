@@ -18,7 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use caps::{CapSet, Capability};
-use procmon_common::{stat, ProbeConfig};
+use procmon_common::{cost_floor, stat, ProbeConfig};
 
 pub use features::{Feature, Features};
 
@@ -43,8 +43,37 @@ pub enum KernelError {
     Perf(#[from] perf::PerfError),
     #[error("bpf(2) is refused ({0}) although procmon holds CAP_BPF: a seccomp profile{1} or a security module blocks it; in a container, run without the runtime's default seccomp profile (Kubernetes: securityContext.seccompProfile.type: Unconfined, podman: --security-opt seccomp=unconfined; see docs/kubernetes.md)")]
     BpfBlocked(std::io::Error, &'static str),
+    #[error("{COST_FLOOR_ENV}={0:?} is not a benchmark setting: unset it (it is for `cargo xtask bench floor`, which sets `hooks` or `ring`)")]
+    CostFloor(String),
     #[error("procmon needs Linux {}.{} or newer (BPF ring buffer, BPF task iterator); this kernel is {release}: upgrade the kernel", features::MINIMUM_KERNEL.0, features::MINIMUM_KERNEL.1)]
     TooOld { release: String },
+}
+
+/// Set by `cargo xtask bench floor` only: the lifecycle probes stop early and send nothing
+/// (procmon_common::cost_floor), so the agent reports no process at all.
+pub const COST_FLOOR_ENV: &str = "PROCMON_BENCH_COST_FLOOR";
+
+fn cost_floor_from_env() -> Result<u32, KernelError> {
+    let value = std::env::var_os(COST_FLOOR_ENV);
+    let floor = parse_cost_floor(value.as_deref())?;
+    if floor != cost_floor::NONE {
+        log::warn!(
+            "{COST_FLOOR_ENV} is set: the lifecycle probes send nothing (benchmark mode); no \
+             process is traced"
+        );
+    }
+    Ok(floor)
+}
+
+fn parse_cost_floor(value: Option<&std::ffi::OsStr>) -> Result<u32, KernelError> {
+    let Some(value) = value else {
+        return Ok(cost_floor::NONE);
+    };
+    match value.to_str() {
+        Some("hooks") => Ok(cost_floor::HOOKS),
+        Some("ring") => Ok(cost_floor::RING),
+        _ => Err(KernelError::CostFloor(value.to_string_lossy().into_owned())),
+    }
 }
 
 /// Refuses kernels older than [`features::MINIMUM_KERNEL`] up front, before a loader error
@@ -176,6 +205,8 @@ pub fn load(cfg: &LoadConfig) -> Result<Probes, KernelError> {
     let probe_config = ProbeConfig {
         // Wake the reader at 1/8 full: bounded wakeups, ample headroom before drops.
         wakeup_bytes: u64::from(cfg.ringbuf_bytes / 8),
+        cost_floor: cost_floor_from_env()?,
+        _pad: 0,
     };
     let profile = cfg.profile.map(clamp_rate);
     let mut loader = EbpfLoader::new();
@@ -339,5 +370,33 @@ fn raise_memlock_limit() {
         && features::kernel_version().is_some_and(|v| v < (5, 11))
     {
         log::warn!("cannot raise RLIMIT_MEMLOCK ({}); loading may fail on this kernel, grant CAP_SYS_RESOURCE", std::io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    #[test]
+    fn the_cost_floor_is_off_unless_the_benchmark_asks_and_a_wrong_value_is_refused() {
+        assert_eq!(parse_cost_floor(None).unwrap(), cost_floor::NONE);
+        assert_eq!(
+            parse_cost_floor(Some(OsStr::new("hooks"))).unwrap(),
+            cost_floor::HOOKS
+        );
+        assert_eq!(
+            parse_cost_floor(Some(OsStr::new("ring"))).unwrap(),
+            cost_floor::RING
+        );
+        let message = parse_cost_floor(Some(OsStr::new("1")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message
+                .starts_with("PROCMON_BENCH_COST_FLOOR=\"1\" is not a benchmark setting: unset it"),
+            "{message}"
+        );
     }
 }
