@@ -1,9 +1,12 @@
-//! `cargo xtask bench [overhead|sample|profile|memory|soak|all]`: what the agent costs.
+//! `cargo xtask bench [overhead|floor|sample|profile|memory|soak|all]`: what the agent costs.
 //!
 //! `overhead` (alias `fork`): what tracing costs the workloads traced: a fork storm, a
 //! context-switch storm and an exec loop, each with no tracer, with procmon and with
 //! libbpf-tools' exitsnoop+execsnoop, in rotating order; throughput ratios end to end, and
 //! the BPF programs' run time from the kernel's accounting (overhead.rs).
+//!
+//! `floor`: how much of procmon's BPF time per fork+exit its three hooks and ring-buffer
+//! reservations take on their own, before any data is read or written (floor.rs).
 //!
 //! `sample`: sampling CPU and RSS of 10,000 live processes, procmon's task iterator against a
 //! /proc poller and prometheus-process-exporter (sample.rs).
@@ -21,6 +24,7 @@ mod agent;
 mod bpf;
 mod exec_loop;
 mod exporter;
+mod floor;
 mod idle;
 mod kstat;
 mod memory;
@@ -52,6 +56,9 @@ enum Which {
     /// exitsnoop+execsnoop.
     #[value(alias = "fork")]
     Overhead,
+    /// The fork storm with the lifecycle probes cut short (hooks only; hooks and ring-buffer
+    /// reservations) against procmon in full: the floor under BPF time per fork+exit.
+    Floor,
     /// Sampling 10,000 idle processes: procmon vs /proc vs process-exporter.
     Sample,
     /// Always-on CPU sampling (--profile-hz off, 19, 99) under a CPU-bound load and an exec
@@ -63,7 +70,7 @@ enum Which {
     /// The agent under a fork storm, crashes, OOM kills, 50 SSE clients and scrapes for
     /// --minutes.
     Soak,
-    /// overhead, sample, profile and memory (not soak).
+    /// overhead, floor, sample, profile and memory (not soak).
     All,
 }
 
@@ -129,6 +136,12 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             overhead::run(&agent_bin, &log_dir, options.rounds, options.seconds)?;
         summary.extend(rows);
         notes.extend(overhead_notes);
+    }
+    if matches!(options.which, Which::Floor | Which::All) {
+        let (rows, floor_notes) =
+            floor::run(&agent_bin, &log_dir, options.rounds, options.seconds)?;
+        summary.extend(rows);
+        notes.extend(floor_notes);
     }
     if matches!(options.which, Which::Sample | Which::All) {
         let (rows, sample_notes) = sample::run(

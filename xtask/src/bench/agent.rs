@@ -31,13 +31,24 @@ impl Agent {
     /// Starts `procmon agent --listen <free port> <args>` and waits until GET /healthz answers
     /// 200.
     pub fn start(bin: &Path, log: &Path, args: &[String]) -> Result<Agent> {
+        Self::start_with_env(bin, log, args, &[])
+    }
+
+    /// [`Agent::start`] with these environment variables set.
+    pub fn start_with_env(
+        bin: &Path,
+        log: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let addr = free_port()?;
         let log_file =
             File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut command = Command::new(bin);
         command
             .args(["agent", "--listen", &addr.to_string()])
-            .args(args);
+            .args(args)
+            .envs(env.iter().copied());
         eprintln!(
             "$ {} (log: {})",
             crate::cmd::display(&command),
