@@ -111,7 +111,8 @@ fn wakeup_flags() -> u64 {
 /// Whether a lifecycle probe stops here, having told that its run concerns a process:
 /// `cargo xtask bench floor` measures the hooks' own cost that way (procmon_common::cost_floor).
 /// With `RING` it first reserves a `T` in the ring buffer and discards it. In normal
-/// operation the verifier knows the constant and removes this code.
+/// operation the verifier knows the constant and removes the branches: what is left is the
+/// constant's load.
 #[inline(always)]
 fn cost_floor_stop<T: 'static>() -> bool {
     // SAFETY: as in `offsets`: a field of a static, read-only once loaded, read volatile.
