@@ -20,7 +20,7 @@ use anyhow::Result;
 use super::{
     agent::Agent,
     bpf, kstat,
-    no_idle::NoIdle,
+    overhead::{rotated, Rig},
     report::{median, Row},
     stress,
     table::{cells, print_table},
@@ -83,13 +83,12 @@ pub fn run(
     rounds: u32,
     seconds: u32,
 ) -> Result<(Vec<Row>, Vec<String>)> {
-    let _bpf_stats = bpf::StatsEnabled::enable()?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let no_idle = NoIdle::start(cores)?;
+    let rig = Rig::start()?;
+    let cores = rig.cores;
     // runs[round][mode as usize]
     let mut runs: Vec<[Option<Run>; 3]> = Vec::new();
     for round in 0..rounds as usize {
-        let order = [0, 1, 2].map(|i| MODES[(i + round) % MODES.len()]);
+        let order = rotated(MODES, round);
         eprintln!(
             "\n==> floor round {}/{rounds} ({})",
             round + 1,
@@ -101,7 +100,7 @@ pub fn run(
         }
         runs.push(this_round);
     }
-    drop(no_idle);
+    drop(rig);
     let runs: Vec<[Run; 3]> = runs
         .into_iter()
         .map(|r| r.map(|run| run.expect("every mode ran")))

@@ -127,20 +127,47 @@ pub struct Round {
     pub runs: [ArmRun; 3],
 }
 
+/// The conditions every storm of this benchmark (and of floor.rs) runs in: BPF run-time
+/// statistics on, and a SCHED_IDLE spinner per CPU. Dropping it ends both, on success and on
+/// error alike.
+pub struct Rig {
+    pub cores: u32,
+    // Fields drop in order: the spinners stop before the stats go off.
+    _no_idle: NoIdle,
+    _bpf_stats: bpf::StatsEnabled,
+}
+
+impl Rig {
+    pub fn start() -> Result<Rig> {
+        // Only while benchmarking: the stats time every program run, the sampling pass's
+        // iterator included.
+        let bpf_stats = bpf::StatsEnabled::enable()?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Ok(Rig {
+            cores,
+            _no_idle: NoIdle::start(cores)?,
+            _bpf_stats: bpf_stats,
+        })
+    }
+}
+
+/// `items` rotated left by `round`: round 0 runs them in order, round 1 from the second, ...,
+/// so that a drift of the machine during the bench favours none of them.
+pub fn rotated<T: Copy, const N: usize>(items: [T; N], round: usize) -> [T; N] {
+    std::array::from_fn(|i| items[(i + round) % N])
+}
+
 pub fn run(
     agent_bin: &Path,
     log_dir: &Path,
     rounds: u32,
     seconds: u32,
 ) -> Result<(Vec<Row>, Vec<String>)> {
-    // Restores the previous setting when dropped, on success and on error alike. Only for this
-    // benchmark: the stats time every program run, the sampling pass's iterator included.
-    let _bpf_stats = bpf::StatsEnabled::enable()?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let no_idle = NoIdle::start(cores)?;
+    let rig = Rig::start()?;
+    let cores = rig.cores;
     let mut results: Vec<Vec<Round>> = STORMS.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds as usize {
-        let order = [0, 1, 2].map(|i| ARMS[(i + round) % ARMS.len()]);
+        let order = rotated(ARMS, round);
         for (storm, results) in STORMS.iter().zip(&mut results) {
             eprintln!(
                 "\n==> round {}/{rounds}: {} ({})",
@@ -159,7 +186,7 @@ pub fn run(
             });
         }
     }
-    drop(no_idle);
+    drop(rig);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for (storm, results) in STORMS.iter().zip(&results) {
@@ -263,5 +290,17 @@ fn run_arm(
 impl Storm {
     fn slug(&self) -> String {
         self.name.replace(' ', "-")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rotated;
+
+    #[test]
+    fn rounds_rotate_the_order() {
+        assert_eq!(rotated([1, 2, 3], 0), [1, 2, 3]);
+        assert_eq!(rotated([1, 2, 3], 1), [2, 3, 1]);
+        assert_eq!(rotated([1, 2, 3], 5), [3, 1, 2]);
     }
 }
