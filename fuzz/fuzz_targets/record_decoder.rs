@@ -41,7 +41,8 @@ fuzz_target!(|data: &[u8]| {
             let bytes = match &record {
                 Record::Fork(r) => bytes_of(r),
                 Record::Exec(r) => bytes_of(r),
-                Record::Exit(r) | Record::Release(r) => bytes_of(r),
+                Record::Exit(r) => bytes_of(r),
+                Record::Release(r) => bytes_of(r),
                 Record::OomKill(r) => bytes_of(r.as_ref()),
                 Record::Cgroup(r) => bytes_of(r.as_ref()),
             };
@@ -52,8 +53,12 @@ fuzz_target!(|data: &[u8]| {
             match &record {
                 Record::Fork(r) => _ = Comm::from_raw(r.comm).to_lossy(),
                 Record::Exec(r) => _ = Comm::from_raw(r.comm).to_lossy(),
-                Record::Exit(r) | Record::Release(r) => {
+                Record::Exit(r) => {
                     peak_rss_bytes(r);
+                    let (user, system) = split_cpu(r.runtime_ns, r.utime_ns, r.stime_ns);
+                    assert_eq!(user.checked_add(system), Some(r.runtime_ns));
+                }
+                Record::Release(r) => {
                     let (user, system) = split_cpu(r.runtime_ns, r.utime_ns, r.stime_ns);
                     assert_eq!(user.checked_add(system), Some(r.runtime_ns));
                 }

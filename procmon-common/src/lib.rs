@@ -14,7 +14,7 @@
 use core::mem::size_of;
 
 /// Bumped whenever a record layout changes.
-pub const ABI_VERSION: u16 = 2;
+pub const ABI_VERSION: u16 = 3;
 
 /// Length of `task_struct.comm` (TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
@@ -28,7 +28,7 @@ pub mod kind {
     pub const EXIT: u16 = 3;
     pub const OOM_KILL: u16 = 4;
     pub const CGROUP: u16 = 5;
-    /// A process's leader was freed ([`ExitRecord`] layout): its final CPU figures.
+    /// A process's leader was freed ([`ReleaseRecord`]): its final CPU figures.
     pub const RELEASE: u16 = 6;
 }
 
@@ -200,16 +200,13 @@ pub struct ExecRecord {
     pub filename: [u8; FILENAME_LEN],
 }
 
-/// A process exited (its last thread did), or (kind [`kind::RELEASE`]) it was released.
+/// A process exited (its last thread did).
 ///
-/// `kind::EXIT` is sent at `sched_process_exit` of the group's last thread, with the
-/// address space's figures. Its CPU times are the whole thread group's so far (`signal_struct`
-/// totals plus the exiting thread's and a zombie leader's own), which miss what the exit path
-/// still spends after the tracepoint (unmapping memory, closing files: on Linux 6.16+ all of
-/// it). `kind::RELEASE` is sent when the leader's `task_struct` is freed, after its parent
-/// reaped it and after the last thread's final context switch: its CPU times are final, what
-/// `wait4()` reported to the parent. Its memory figures other than `maxrss_kb`, its parent
-/// fields and its comm are zero.
+/// Sent at `sched_process_exit` of the group's last thread, with the address space's
+/// figures. Its CPU times are the whole thread group's so far (`signal_struct` totals plus
+/// the exiting thread's and a zombie leader's own), which miss what the exit path still
+/// spends after the tracepoint (unmapping memory, closing files: on Linux 6.16+ all of it).
+/// The [`ReleaseRecord`] that follows brings the final ones.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitRecord {
@@ -240,6 +237,29 @@ pub struct ExitRecord {
     pub flags: u32,
     pub _pad: u32,
     pub comm: [u8; COMM_LEN],
+}
+
+/// A process was released (kind [`kind::RELEASE`]): its leader's `task_struct` was freed,
+/// after its parent reaped it and after the last thread's final context switch. Its CPU
+/// times are final, what `wait4()` reported to the parent.
+///
+/// Only what is final at that point and the process's identity: the rest of the exit is in
+/// its [`ExitRecord`]. Half that record's size, which is one cache line less to write into
+/// the ring buffer per process (`cargo xtask bench floor`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReleaseRecord {
+    pub header: RecordHeader,
+    pub pid: u32,
+    /// The raw wait status, as in [`ExitRecord::exit_status`].
+    pub exit_status: u32,
+    pub time_ns: u64,
+    pub start_ns: u64,
+    /// As in [`ExitRecord`]: `signal_struct`'s totals, the whole group's.
+    pub utime_ns: u64,
+    pub stime_ns: u64,
+    pub runtime_ns: u64,
+    pub maxrss_kb: u64,
 }
 
 /// `CgroupPath::flags` bits.
@@ -366,6 +386,7 @@ const _: () = assert!(size_of::<CgroupRecord>() == 32 + size_of::<CgroupPath>())
 const _: () = assert!(size_of::<ForkRecord>() == 64);
 const _: () = assert!(size_of::<ExecRecord>() == 320);
 const _: () = assert!(size_of::<ExitRecord>() == 136);
+const _: () = assert!(size_of::<ReleaseRecord>() == 64);
 
 /// One thread, as the task iterator (`iter/task`) reports it for live sampling. Records are
 /// concatenated in the iterator's output; a thread-group leader's record also carries the

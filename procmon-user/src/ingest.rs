@@ -9,7 +9,10 @@ use std::{
     },
 };
 
-use procmon_common::{ExecRecord, ExitRecord, ForkRecord, OomKillRecord};
+use procmon_common::{
+    exit_flags, kind, ExecRecord, ExitRecord, ForkRecord, OomKillRecord, RecordHeader,
+    ReleaseRecord,
+};
 use prometheus::{IntCounter, IntCounterVec};
 
 use crate::{
@@ -193,7 +196,7 @@ impl Batch<'_> {
     }
 
     /// A process was released: its held exit goes out with the final CPU.
-    fn on_release(&mut self, r: &ExitRecord) {
+    fn on_release(&mut self, r: &ReleaseRecord) {
         match self.deaths.awaiting.release(r) {
             Released::Held(held) => self.finish_exit(held, true),
             Released::Late { process, cpu_ns } => {
@@ -207,14 +210,30 @@ impl Batch<'_> {
                     return;
                 };
                 let exit = ExitRecord {
-                    comm: p.comm.raw(),
-                    ppid: p.ppid,
+                    header: RecordHeader::new(kind::EXIT, size_of::<ExitRecord>()),
+                    time_ns: r.time_ns,
+                    start_ns: r.start_ns,
                     parent_start_ns: self
                         .state
                         .tree
                         .get(p.ppid)
                         .map_or(0, |parent| parent.start_ns),
-                    ..*r
+                    utime_ns: r.utime_ns,
+                    stime_ns: r.stime_ns,
+                    runtime_ns: r.runtime_ns,
+                    maxrss_kb: r.maxrss_kb,
+                    // The address space is long gone.
+                    hiwater_pages: 0,
+                    rss_file_pages: 0,
+                    rss_anon_pages: 0,
+                    rss_shmem_pages: 0,
+                    pid: r.pid,
+                    tid: r.pid,
+                    ppid: p.ppid,
+                    exit_status: r.exit_status,
+                    flags: exit_flags::GROUP_DEAD | exit_flags::LEADER,
+                    _pad: 0,
+                    comm: p.comm.raw(),
                 };
                 if !self.deaths.deaths.first_exit(&exit) {
                     return;

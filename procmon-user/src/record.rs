@@ -8,7 +8,7 @@ use std::mem::size_of;
 use crate::{comm::c_str, procfs};
 use procmon_common::{
     cgroup_flags, kind, CgroupPath, CgroupRecord, ExecRecord, ExitRecord, ForkRecord,
-    OomKillRecord, RecordHeader, ABI_VERSION,
+    OomKillRecord, RecordHeader, ReleaseRecord, ABI_VERSION,
 };
 
 /// The `kind` label of `procmon_events_total`, indexed like [`Record::index`].
@@ -20,7 +20,7 @@ pub enum Record {
     Exec(ExecRecord),
     Exit(ExitRecord),
     /// A process's leader was freed: its final CPU (release.rs).
-    Release(ExitRecord),
+    Release(ReleaseRecord),
     // Boxed: they carry 1-2 KiB of cgroup names and are rare; the hot kinds stay small.
     OomKill(Box<OomKillRecord>),
     Cgroup(Box<CgroupRecord>),
@@ -80,7 +80,8 @@ impl Record {
         match self {
             Record::Fork(r) => r.time_ns,
             Record::Exec(r) => r.time_ns,
-            Record::Exit(r) | Record::Release(r) => r.time_ns,
+            Record::Exit(r) => r.time_ns,
+            Record::Release(r) => r.time_ns,
             Record::OomKill(r) => r.time_ns,
             Record::Cgroup(r) => r.time_ns,
         }
@@ -250,15 +251,17 @@ pub mod tests {
     }
 
     /// The release record of `exit`'s process, `extra_ns` of CPU later.
-    pub fn release(exit: &ExitRecord, extra_ns: u64) -> ExitRecord {
-        ExitRecord {
-            header: RecordHeader::new(kind::RELEASE, size_of::<ExitRecord>()),
+    pub fn release(exit: &ExitRecord, extra_ns: u64) -> ReleaseRecord {
+        ReleaseRecord {
+            header: RecordHeader::new(kind::RELEASE, size_of::<ReleaseRecord>()),
+            pid: exit.pid,
+            exit_status: exit.exit_status,
             time_ns: exit.time_ns + 1_000_000,
-            parent_start_ns: 0,
-            ppid: 0,
+            start_ns: exit.start_ns,
+            utime_ns: exit.utime_ns,
             stime_ns: exit.stime_ns + extra_ns,
             runtime_ns: exit.runtime_ns + extra_ns,
-            ..*exit
+            maxrss_kb: exit.maxrss_kb,
         }
     }
 

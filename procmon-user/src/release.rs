@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use procmon_common::ExitRecord;
+use procmon_common::{ExitRecord, ReleaseRecord};
 
 use crate::attribution::TrackedProcess;
 
@@ -129,7 +129,7 @@ impl<T> Awaiting<T> {
     }
 
     /// Completes what the release record `r` ends.
-    pub fn release(&mut self, r: &ExitRecord) -> Released<T> {
+    pub fn release(&mut self, r: &ReleaseRecord) -> Released<T> {
         let key = (r.pid, r.start_ns);
         if let Some(mut held) = self.held.remove(&key) {
             let exit = &mut held.record;
@@ -224,11 +224,17 @@ mod tests {
         r
     }
 
+    fn release(pid: u32, start_ns: u64, runtime_ns: u64) -> ReleaseRecord {
+        let mut r = rec::release(&exit(pid, start_ns, 0), 0);
+        r.runtime_ns = runtime_ns;
+        r
+    }
+
     #[test]
     fn a_release_completes_its_held_exit_with_the_final_cpu() {
         let mut a = Awaiting::<()>::default();
         assert!(a.hold(exit(10, 5, 100), (), None, 0).is_empty());
-        let Released::Held(h) = a.release(&exit(10, 5, 130)) else {
+        let Released::Held(h) = a.release(&release(10, 5, 130)) else {
             panic!("held exit not found")
         };
         assert_eq!(h.record.runtime_ns, 130);
@@ -240,7 +246,7 @@ mod tests {
     fn a_release_of_a_reused_pid_does_not_complete_the_other_process() {
         let mut a = Awaiting::<()>::default();
         a.hold(exit(10, 5, 100), (), None, 0);
-        assert!(matches!(a.release(&exit(10, 6, 1)), Released::Unseen));
+        assert!(matches!(a.release(&release(10, 6, 1)), Released::Unseen));
         assert_eq!(a.len(), 1);
     }
 
@@ -262,12 +268,12 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].record.runtime_ns, 100);
         assert_eq!(a.stats.reported_early, 1);
-        let Released::Late { cpu_ns, process } = a.release(&exit(10, 5, 160)) else {
+        let Released::Late { cpu_ns, process } = a.release(&release(10, 5, 160)) else {
             panic!("late release not recognised")
         };
         assert_eq!((cpu_ns, process.pid), (60, 10));
         assert_eq!(a.stats.late, 1);
-        assert!(matches!(a.release(&exit(10, 5, 160)), Released::Unseen));
+        assert!(matches!(a.release(&release(10, 5, 160)), Released::Unseen));
     }
 
     /// Found by the record_ingest fuzz target: an exit time near u64::MAX overflowed.

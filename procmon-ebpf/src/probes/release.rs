@@ -15,7 +15,7 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use procmon_common::{exit_flags, kind, stat, ExitRecord, RecordHeader, COMM_LEN};
+use procmon_common::{kind, stat, RecordHeader, ReleaseRecord};
 
 use crate::{cost_floor_stop, count, off, task::Kptr, wakeup_flags, EVENTS};
 
@@ -39,39 +39,27 @@ fn try_sched_process_free(ctx: &BtfTracePointContext) -> Result<(), u32> {
         // Not a leader: its process lives on, or its leader's release follows.
         return Ok(());
     }
-    if cost_floor_stop::<ExitRecord>() {
+    if cost_floor_stop::<ReleaseRecord>() {
         return Ok(());
     }
     let mut entry = EVENTS
-        .reserve::<ExitRecord>(0)
+        .reserve::<ReleaseRecord>(0)
         .ok_or(stat::RINGBUF_FULL_RELEASE)?;
-    let r = entry.as_mut_ptr();
     let signal = task.field_ptr(off!(task_signal));
-    // SAFETY: `r` is the reserved record, valid for writes until it is submitted; every
-    // field is written below before that. bpf_ktime_get_boot_ns has no preconditions.
-    unsafe {
-        (*r).header = RecordHeader::new(kind::RELEASE, core::mem::size_of::<ExitRecord>());
-        (*r).time_ns = bpf_ktime_get_boot_ns();
-        (*r).start_ns = task.field(off!(task_start_boottime));
-        // The parent may be gone and freed by now: its fields are not read.
-        (*r).parent_start_ns = 0;
-        (*r).ppid = 0;
-        (*r).pid = pid;
-        (*r).tid = tid;
-        (*r).exit_status = task.field(off!(task_exit_code));
-        (*r).flags = exit_flags::GROUP_DEAD | exit_flags::LEADER;
-        (*r)._pad = 0;
-        // The agent names the process from its tree when it needs to (a recovered exit).
-        (*r).comm = [0; COMM_LEN];
-        (*r).maxrss_kb = signal.field(off!(signal_maxrss));
-        (*r).utime_ns = signal.field(off!(signal_utime));
-        (*r).stime_ns = signal.field(off!(signal_stime));
-        (*r).runtime_ns = signal.field(off!(signal_sum_sched_runtime));
-        (*r).hiwater_pages = 0;
-        (*r).rss_file_pages = 0;
-        (*r).rss_anon_pages = 0;
-        (*r).rss_shmem_pages = 0;
-    }
+    // Only what is final here: the rest of the exit (parent, name, memory at exit) is in its
+    // exit record, and the parent may be gone and freed by now.
+    entry.write(ReleaseRecord {
+        header: RecordHeader::new(kind::RELEASE, core::mem::size_of::<ReleaseRecord>()),
+        pid,
+        exit_status: task.field(off!(task_exit_code)),
+        // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
+        time_ns: unsafe { bpf_ktime_get_boot_ns() },
+        start_ns: task.field(off!(task_start_boottime)),
+        utime_ns: signal.field(off!(signal_utime)),
+        stime_ns: signal.field(off!(signal_stime)),
+        runtime_ns: signal.field(off!(signal_sum_sched_runtime)),
+        maxrss_kb: signal.field(off!(signal_maxrss)),
+    });
     entry.submit(wakeup_flags());
     Ok(())
 }
