@@ -65,22 +65,33 @@ fn offsets() -> KernelOffsets {
     unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
-/// One load-time offset, read straight from the frozen .rodata map where it is used, so the
-/// verifier knows it as a constant (what [`task::Kptr::field`] needs). NB: not a copy of the
-/// whole `OFFSETS`: the compiler keeps such a copy on the BPF stack, and verifiers before
-/// 5.13 or so forget the value of a 4-byte constant stored there.
+/// One field of a load-time global (`OFFSETS`, `CONFIG`), read straight from the frozen
+/// .rodata map where it is used, so the verifier knows it as a constant (what
+/// [`task::Kptr::field`] needs of an offset, and what lets it drop branches on `CONFIG`).
+/// NB: not a copy of the whole global: the compiler keeps such a copy on the BPF stack, and
+/// verifiers before 5.13 or so forget the value of a 4-byte constant stored there.
+macro_rules! load_time {
+    ($global:ident . $field:ident) => {
+        $crate::read_load_time(core::ptr::addr_of!($crate::$global.$field))
+    };
+}
+pub(crate) use load_time;
+
+/// A load-time offset (`OFFSETS.$field`), see [`load_time!`].
 macro_rules! off {
     ($field:ident) => {
-        $crate::offset(core::ptr::addr_of!($crate::OFFSETS.$field))
+        $crate::load_time!(OFFSETS.$field)
     };
 }
 pub(crate) use off;
 
-/// The `off!` read.
+/// The `load_time!` read.
 #[inline(always)]
-fn offset(field: *const u32) -> u32 {
-    // SAFETY: `field` points into `OFFSETS` (the only caller is `off!`): a static, aligned,
-    // read-only once loaded; read volatile as in `offsets`.
+fn read_load_time<T: Copy>(field: *const T) -> T {
+    // SAFETY: `field` is the address of a field of a load-time global (the only caller is
+    // `load_time!`): a static, so valid and aligned for its type, whose integer fields take
+    // any bits, and which nothing writes once the program is loaded (its map is frozen).
+    // Volatile, as in `offsets`.
     unsafe { core::ptr::read_volatile(field) }
 }
 
@@ -98,10 +109,7 @@ fn count(index: u32) {
 /// a fork storm does not cost one wakeup per event.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
-    // SAFETY: as in `offsets`: a field of a static, read-only once loaded, read volatile.
-    let wakeup_bytes =
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CONFIG.wakeup_bytes)) };
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= load_time!(CONFIG.wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -115,8 +123,7 @@ fn wakeup_flags() -> u64 {
 /// constant's load.
 #[inline(always)]
 fn cost_floor_stop<T: 'static>() -> bool {
-    // SAFETY: as in `offsets`: a field of a static, read-only once loaded, read volatile.
-    match unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CONFIG.cost_floor)) } {
+    match load_time!(CONFIG.cost_floor) {
         cost_floor::NONE => false,
         cost_floor::RING => {
             if let Some(entry) = EVENTS.reserve::<T>(0) {
