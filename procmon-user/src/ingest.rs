@@ -26,6 +26,7 @@ use crate::{
         ForkEvent, Outcome,
     },
     metrics::Metrics,
+    profile::recent::FlightRecord,
     record::{cgroup_path, decode, peak_rss_bytes, split_cpu, DecodeError, Record, RECORD_KINDS},
     release::{Awaiting, Held, Released},
     state::{Applied, Shared, State},
@@ -75,7 +76,16 @@ pub(crate) struct ExitClass {
     status: ExitStatus,
     death: Death,
     outcome: Outcome,
-    ancestry: Option<Vec<events::Ancestor>>,
+    /// For a crash or OOM kill, when events are rendered.
+    crash: Option<CrashContext>,
+}
+
+/// What a `crash` event tells that only the state at the exit knows: the tree forgets the
+/// process there, and the sampler with it, before its release may come.
+pub(crate) struct CrashContext {
+    ancestry: Vec<Ancestor>,
+    /// Its recent stacks and trajectory, if the sampler ever caught it.
+    flight: Option<FlightRecord>,
 }
 
 /// One batch: the tree lock and the clock, taken once for all its records.
@@ -278,7 +288,7 @@ impl Batch<'_> {
                     status,
                     death,
                     outcome,
-                    ancestry,
+                    crash,
                 },
             gone,
             ..
@@ -306,21 +316,30 @@ impl Batch<'_> {
             self.publish(events::render(EventKind::Exit, &fields.event()));
         }
         if matches!(outcome, Outcome::Crashed | Outcome::OomKilled) {
-            self.on_crash(&r, status, death, fields.as_ref(), ancestry, gone.as_ref());
+            self.on_crash(&r, status, death, fields.as_ref(), crash, gone.as_ref());
         }
     }
 
-    /// How the process of an exit record died, read before the tree forgets it.
+    /// How the process of an exit record died, and what of it is read before the tree (and
+    /// so the sampler) forgets it.
     fn classify_exit(&mut self, r: &ExitRecord) -> ExitClass {
         let status = ExitStatus::from_raw(r.exit_status);
         let death = self.deaths.deaths.on_exit(r);
         let outcome = status.outcome_given_oom(death.oom_victim);
-        let crash = matches!(outcome, Outcome::Crashed | Outcome::OomKilled);
+        let crash = matches!(outcome, Outcome::Crashed | Outcome::OomKilled) && self.render;
         ExitClass {
             status,
             death,
             outcome,
-            ancestry: (crash && self.render).then(|| ancestry::ancestry(&self.state.tree, r.ppid)),
+            crash: crash.then(|| CrashContext {
+                ancestry: ancestry::ancestry(&self.state.tree, r.ppid),
+                flight: self.state.profile.recent.flight_record(
+                    r.pid,
+                    r.start_ns,
+                    r.time_ns,
+                    crate::profile::TOP_STACKS,
+                ),
+            }),
         }
     }
 
@@ -433,7 +452,7 @@ impl Batch<'_> {
         status: ExitStatus,
         death: Death,
         exit: Option<&ExitFields>,
-        ancestry: Option<Vec<Ancestor>>,
+        context: Option<CrashContext>,
         process: Option<&TrackedProcess>,
     ) {
         let comm = Comm::from_raw(r.comm).to_lossy();
@@ -444,20 +463,15 @@ impl Batch<'_> {
             .crashes
             .with_label_values(&[label.workload.as_str(), signal_label(status.signal)])
             .inc();
-        if let Some(exit) = exit {
+        if let (Some(exit), Some(context)) = (exit, context) {
             self.publish(crash::crash_event(
                 exit,
                 &death,
                 &identity,
-                ancestry.as_deref().unwrap_or_default(),
+                &context.ancestry,
                 process,
                 r.time_ns,
-                self.state.profile.recent.flight_record(
-                    r.pid,
-                    r.start_ns,
-                    r.time_ns,
-                    crate::profile::TOP_STACKS,
-                ),
+                context.flight,
             ));
         }
     }
@@ -690,6 +704,48 @@ pub(crate) mod tests {
         );
         assert_eq!(metrics.recovered_exits.get(), 1);
         assert_eq!(shared.lock().tree.len(), 0);
+    }
+
+    #[test]
+    fn a_crash_keeps_its_flight_record_while_its_release_is_awaited() {
+        let (_metrics, ingest, shared, mut rx) = setup();
+        let start = 5_000_000_000;
+        let exit = rec::exit(10, 1, start, 11);
+        ingest
+            .batch(&shared)
+            .apply(&encode(&rec::fork(10, 1, start)));
+        let hot: crate::profile::recent::Stack = ["main", "hot_inner"]
+            .into_iter()
+            .map(crate::profile::symbolize::Frame::from)
+            .collect();
+        let sampled = crate::profile::collect::Sampled {
+            pid: 10,
+            stack: hot.clone(),
+            samples: 7,
+            shallow: false,
+        };
+        shared
+            .lock()
+            .record_cpu_samples(&[sampled], start + 1_000_000);
+        ingest.batch(&shared).apply(&encode(&exit));
+        // A sampling pass between the exit and its release: the tree has forgotten the
+        // process by then.
+        {
+            let s = &mut *shared.lock();
+            s.profile.on_sample_pass(&s.tree, exit.time_ns + 1);
+        }
+        ingest
+            .batch(&shared)
+            .apply(&encode(&rec::release(&exit, 0)));
+        let _fork = next_json(&mut rx);
+        let _exit = next_json(&mut rx);
+        let crash = next_json(&mut rx);
+        assert_eq!(crash["kind"], "crash");
+        assert_eq!(
+            crash["recent"]["top_stacks"][0]["frames"],
+            serde_json::json!(["main", "hot_inner"]),
+            "{crash}"
+        );
     }
 
     #[test]
