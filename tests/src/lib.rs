@@ -9,7 +9,6 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -86,28 +85,34 @@ pub fn procmon_bin() -> PathBuf {
 
 /// A directory under the system temp dir, removed on drop unless the test is panicking
 /// (then it is kept and its path printed, for the post-mortem).
-pub struct TempDir(PathBuf);
+pub struct TempDir(Option<tempfile::TempDir>);
 
 impl TempDir {
+    /// A new, empty directory of its own: the name is unique and created exclusively, so
+    /// what an earlier run kept for inspection is never read as this run's.
     pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("procmon-{tag}-{}-{n}", std::process::id()));
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        TempDir(path)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("procmon-{tag}-"))
+            .tempdir()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "creating a directory in {}: {e}",
+                    std::env::temp_dir().display()
+                )
+            });
+        TempDir(Some(dir))
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        self.0.as_ref().expect("present until dropped").path()
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        let dir = self.0.take().expect("present until dropped");
         if std::thread::panicking() {
-            eprintln!("kept {} for inspection", self.0.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.0);
+            eprintln!("kept {} for inspection", dir.keep().display());
         }
     }
 }

@@ -394,7 +394,9 @@ fn a_crash_event_carries_the_victims_recent_stacks_and_trajectory() {
     let dir = TempDir::new("flight");
     let bin = hot::build(dir.path());
     let agent = Agent::start(&["--sample-interval", "500ms", "--profile-hz", "49"]);
-    let mut burner = Hot::start(&bin, &["crash", "3"]);
+    // 4 s at 500 ms passes: the trajectory starts at the first drain that caught it on a CPU,
+    // so 4-5 points on a loaded machine, for the 3 asserted below.
+    let mut burner = Hot::start(&bin, &["crash", "4"]);
     let pid = burner.pid();
     let _ = burner.0.wait();
     let crash = wait_for(Duration::from_secs(20), || {
