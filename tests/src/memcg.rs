@@ -31,6 +31,14 @@ impl Memcg {
             PathBuf::from(v2)
         };
         let dir = root.join(name);
+        // Names carry the pid, and pids repeat from one CI run to the next on a machine: one
+        // already there is an earlier run's that could not be removed then.
+        if dir.exists() && !remove(&dir) {
+            panic!(
+                "{} is left from an earlier run and cannot be removed",
+                dir.display()
+            );
+        }
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let memcg = Memcg {
             dir,
@@ -64,19 +72,51 @@ impl Memcg {
 
 impl Drop for Memcg {
     fn drop(&mut self) {
-        // A cgroup with tasks cannot be removed: kill what is left, then retry briefly.
-        for _ in 0..50 {
-            let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: kill takes no pointers; the pids are the members of the test's
-                // own throwaway cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if !remove(&self.dir) {
+            eprintln!("could not remove cgroup {}", self.dir.display());
         }
-        eprintln!("could not remove cgroup {}", self.dir.display());
+    }
+}
+
+/// Removes a test cgroup: a cgroup with tasks cannot be removed, so this kills what is left
+/// in it, then retries for up to 5 s.
+fn remove(dir: &Path) -> bool {
+    for _ in 0..50 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: kill takes no pointers; the pids are the members of a throwaway test
+            // cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_left_by_an_earlier_run_is_replaced() {
+        if !crate::require_root("memcg::a_cgroup_left_by_an_earlier_run_is_replaced") {
+            return;
+        }
+        let name = format!("procmon-stale-{}", std::process::id());
+        let Some(left) = Memcg::create(&name, 64 << 20) else {
+            assert!(!crate::in_ci(), "no memory cgroup hierarchy and CI=true");
+            eprintln!("SKIPPED: no memory cgroup hierarchy");
+            return;
+        };
+        let dir = left.dir().to_path_buf();
+        // An earlier run that could not remove it.
+        std::mem::forget(left);
+        let again = Memcg::create(&name, 64 << 20).expect("the hierarchy is still there");
+        assert_eq!(again.dir(), dir);
+        drop(again);
+        assert!(!dir.exists());
     }
 }
