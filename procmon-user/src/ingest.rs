@@ -720,7 +720,7 @@ pub(crate) mod tests {
             .collect();
         let sampled = crate::profile::collect::Sampled {
             pid: 10,
-            stack: hot.clone(),
+            stack: hot,
             samples: 7,
             shallow: false,
         };
